@@ -1,0 +1,3 @@
+from imagine.cli.main import app
+
+app(prog_name="imagine")

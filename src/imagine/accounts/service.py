@@ -1,0 +1,127 @@
+"""Accounts and their keys: creation, listing, revocation, authentication."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from imagine.accounts import keys
+from imagine.credits import ledger
+from imagine.db.models import Account, ApiKey
+from imagine.ids import new_id, utcnow
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: resolved once per request from the bearer key."""
+
+    account_id: str
+    plan: str
+    key_id: str
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A freshly created key: the only moment the full key exists outside the client."""
+
+    key: str
+    key_id: str
+    account_id: str
+    plan: str
+    credits: int
+
+
+@dataclass(frozen=True)
+class KeyListing:
+    key_id: str
+    display: str
+    name: str
+    account_id: str
+    plan: str
+    balance: int
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+async def create_account(
+    session: AsyncSession, *, plan: str, credits: int, name: str = ""
+) -> IssuedKey:
+    account = Account(id=new_id("acct"), name=name, plan=plan, balance=0, created_at=utcnow())
+    session.add(account)
+    await session.flush()
+    if credits:
+        await ledger.grant(session, account.id, credits, note="initial credits")
+    return await create_key(session, account.id, plan=plan, credits=credits, name=name)
+
+
+async def create_key(
+    session: AsyncSession, account_id: str, *, plan: str, credits: int, name: str = ""
+) -> IssuedKey:
+    key = keys.generate_key()
+    row = ApiKey(
+        id=new_id("key"),
+        account_id=account_id,
+        name=name,
+        key_hash=keys.hash_key(key),
+        display=keys.display_form(key),
+        created_at=utcnow(),
+    )
+    session.add(row)
+    await session.flush()
+    return IssuedKey(key=key, key_id=row.id, account_id=account_id, plan=plan, credits=credits)
+
+
+async def authenticate(session: AsyncSession, key: str) -> Principal | None:
+    """The principal behind a bearer key, or None for a malformed, unknown or revoked one."""
+    if not keys.is_well_formed(key):
+        return None
+    digest = keys.hash_key(key)
+    row = (
+        await session.execute(
+            select(ApiKey.id, ApiKey.key_hash, ApiKey.account_id, Account.plan)
+            .join(Account, Account.id == ApiKey.account_id)
+            .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
+        )
+    ).first()
+    if row is None or not hmac.compare_digest(row.key_hash, digest):
+        return None
+    return Principal(account_id=row.account_id, plan=row.plan, key_id=row.id)
+
+
+async def list_keys(session: AsyncSession) -> list[KeyListing]:
+    rows = await session.execute(
+        select(ApiKey, Account)
+        .join(Account, Account.id == ApiKey.account_id)
+        .order_by(ApiKey.created_at)
+    )
+    return [
+        KeyListing(
+            key_id=k.id,
+            display=k.display,
+            name=k.name,
+            account_id=a.id,
+            plan=a.plan,
+            balance=a.balance,
+            created_at=k.created_at,
+            revoked_at=k.revoked_at,
+        )
+        for k, a in rows.tuples()
+    ]
+
+
+async def revoke_key(session: AsyncSession, key_id: str) -> bool:
+    """Revoke a key; False when no active key has that id."""
+    result = await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def count_keys(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(ApiKey)) or 0)

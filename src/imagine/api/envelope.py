@@ -1,0 +1,104 @@
+"""The response envelope and the handlers that make every error one.
+
+Success: `{"code": 200, "message": "success", "data": …}`. Error:
+`{"code": <status>, "message": …, "error": <CODE>}`. FastAPI's 422s,
+Starlette's HTML/plain errors and unexpected exceptions all end up here.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imagine.errors import (
+    ApiError,
+    InternalError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+)
+
+log = logging.getLogger("imagine.api")
+
+
+def success(data: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"code": 200, "message": "success", "data": data}, headers=headers)
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(
+        {"code": exc.status, "message": exc.message, "error": exc.error},
+        status_code=exc.status,
+        headers=exc.headers,
+    )
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    """One sentence for the first problem pydantic found, naming the parameter."""
+    errors = exc.errors()
+    if not errors:
+        return "The request body is invalid"
+    first = errors[0]
+    kind = first.get("type", "")
+    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "header")]
+    if kind == "json_invalid":
+        return "The request body is not valid JSON"
+    if not loc:
+        return "The request body must be a JSON object"
+    name = loc[0] + "".join(f"[{part}]" for part in loc[1:])
+    if kind == "missing":
+        return f"The {name} parameter is required"
+    if kind == "extra_forbidden":
+        return f"Unknown parameter: {name}"
+    expected = {
+        "string_type": "a string",
+        "int_type": "an integer",
+        "list_type": "a list",
+    }.get(kind)
+    if expected is None and loc[0] == "images":
+        expected = "a string or a list of strings"
+    return f"The {name} parameter must be {expected or 'valid'}"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(InvalidRequest(validation_message(exc)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        mapped: ApiError
+        if exc.status_code == 404:
+            mapped = NotFound("Not found")
+        elif exc.status_code == 405:
+            mapped = MethodNotAllowed("Method not allowed")
+        elif exc.status_code == 413:
+            mapped = PayloadTooLarge("Request body too large")
+        elif 400 <= exc.status_code < 500:
+            mapped = InvalidRequest(str(exc.detail))
+        else:
+            mapped = InternalError("Internal server error")
+        return error_response(mapped)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = secrets.token_hex(8)
+        log.error(
+            "unhandled error (request %s) on %s %s",
+            request_id,
+            request.method,
+            request.url.path,
+            exc_info=exc,
+        )
+        return error_response(InternalError(f"Internal server error (request id {request_id})"))

@@ -1,0 +1,135 @@
+"""The door to `/v1`: bearer key, rate limit and body size, before any route runs.
+
+A plain ASGI middleware rather than a route dependency, so that it runs for
+every `/v1` request (unknown paths and malformed bodies included), refuses a
+missing key before looking at the body, and stamps the `X-RateLimit-*`
+headers on every answer to an authenticated caller, whatever produced it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imagine.accounts.service import Principal
+from imagine.api.envelope import error_response
+from imagine.api.ratelimit import RateLimiter
+from imagine.errors import ApiError, InternalError, PayloadTooLarge, RateLimited, Unauthorized
+
+log = logging.getLogger("imagine.api")
+
+Authenticator = Callable[[str], Awaitable[Principal | None]]
+LimitForPlan = Callable[[str], int]
+
+
+class V1Gate:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        authenticate: Authenticator,
+        limiter: RateLimiter,
+        limit_for_plan: LimitForPlan,
+        max_body_bytes: int,
+    ) -> None:
+        self.app = app
+        self.authenticate = authenticate
+        self.limiter = limiter
+        self.limit_for_plan = limit_for_plan
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/v1" or path.startswith("/v1/")):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        principal = None
+        if scheme.lower() == "bearer" and token.strip():
+            principal = await self.authenticate(token.strip())
+        if principal is None:
+            await self._refuse(Unauthorized(), scope, receive, send)
+            return
+
+        state = await self.limiter.hit(principal.key_id, self.limit_for_plan(principal.plan))
+        rate_headers = state.headers()
+        if not state.allowed:
+            await self._refuse(
+                RateLimited(
+                    f"Rate limit of {state.limit} requests per minute exceeded",
+                    headers=rate_headers,
+                ),
+                scope,
+                receive,
+                send,
+            )
+            return
+
+        body = await self._read_body(headers, receive)
+        if body is None:
+            error = PayloadTooLarge(f"Request body larger than {self.max_body_bytes} bytes")
+            error.headers.update(rate_headers)
+            await self._refuse(error, scope, receive, send)
+            return
+
+        scope.setdefault("state", {})["principal"] = principal
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(rate_headers)
+            await send(message)
+
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_with_limits(message)
+
+        try:
+            await self.app(scope, replay, send_tracked)
+        except Exception as exc:
+            # Unexpected errors still answer with the envelope and the limit headers.
+            if started:
+                raise
+            request_id = secrets.token_hex(8)
+            log.error("unhandled error (request %s) on %s", request_id, path, exc_info=exc)
+            await error_response(InternalError(f"Internal server error (request id {request_id})"))(
+                scope, receive, send_with_limits
+            )
+
+    async def _read_body(self, headers: Headers, receive: Receive) -> bytes | None:
+        """The whole body, or None once it passes the limit (Content-Length is not trusted)."""
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    async def _refuse(self, error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
+        await error_response(error)(scope, receive, send)

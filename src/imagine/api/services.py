@@ -1,0 +1,48 @@
+"""Everything a request handler needs, built once per app by `create_app`."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from fastapi import Request
+
+from imagine.accounts.service import Principal
+from imagine.api.ratelimit import RateLimiter
+from imagine.db.database import Database
+from imagine.engines.base import Engine
+from imagine.settings import Settings
+from imagine.storage.local import LocalStorage
+from imagine.tasks.service import SubmitPolicy
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    storage: LocalStorage
+    engine: Engine
+    limiter: RateLimiter
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def submit_policy(self) -> SubmitPolicy:
+        return SubmitPolicy(
+            cost=self.settings.cost_per_generation,
+            engine=self.engine.name,
+            max_attempts=self.settings.max_attempts,
+            idempotency_ttl=timedelta(seconds=self.settings.idempotency_ttl_seconds),
+        )
+
+    def base_url(self, request: Request) -> str:
+        return self.settings.public_url or str(request.base_url)
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def principal(request: Request) -> Principal:
+    """Set by `V1Gate` before any `/v1` route runs."""
+    return request.state.principal  # type: ignore[no-any-return]

@@ -1,0 +1,225 @@
+"""The `imagine` command: run the service and manage keys and credits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from imagine.accounts import service as accounts
+from imagine.credits import ledger
+from imagine.db.database import Database
+from imagine.settings import PLANS, Settings, SettingsError, load_settings
+
+app = typer.Typer(help="Imagine: a self-hostable video-generation API.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+credits_app = typer.Typer(help="Manage account credits.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(credits_app, name="credits")
+
+console = Console()
+errors = Console(stderr=True)
+T = TypeVar("T")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory [env IMAGINE_DATA_DIR; default ./data]"),
+]
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        errors.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _with_db(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:
+    async def runner() -> T:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.resolved_database_url)
+        try:
+            await db.create_schema()
+            return await action(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(runner())
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default 8000]")] = None,
+    data_dir: DataDir = None,
+    workers: Annotated[
+        int | None, typer.Option(help="In-process workers [default 1; 0 = API only]")
+    ] = None,
+) -> None:
+    """Run the API and its workers."""
+    import uvicorn
+
+    from imagine.app import create_app
+
+    settings = _settings(host=host, port=port, data_dir=data_dir, workers=workers)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    issued = _with_db(settings, lambda db: _bootstrap_key(db, settings.starter_credits))
+    if issued is not None:
+        console.print(
+            f"Created a development account on the free plan with {issued.credits} credits.\n"
+            f"API key (shown once, keep it): [bold]{issued.key}[/bold]",
+            highlight=False,
+        )
+    console.print(
+        f"Imagine serving on http://{settings.host}:{settings.port} "
+        f"with the {settings.engine} engine, {settings.workers} worker(s), "
+        f"data in {settings.data_dir.resolve()}",
+        highlight=False,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+
+
+async def _bootstrap_key(db: Database, credits: int) -> accounts.IssuedKey | None:
+    """On a first start with no keys, a development account and key to begin with."""
+    async with db.write() as session:
+        if await accounts.count_keys(session):
+            return None
+        return await accounts.create_account(
+            session, plan="free", credits=credits, name="development"
+        )
+
+
+@keys_app.command("create")
+def keys_create(
+    plan: Annotated[str, typer.Option(help="free | pro | enterprise")] = "free",
+    credits: Annotated[int, typer.Option(min=0, help="Starting credits")] = 0,
+    name: Annotated[str, typer.Option(help="A label for the account and key")] = "",
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One line of JSON")] = False,
+) -> None:
+    """Create an account with a key, and print the key (only now)."""
+    if plan not in PLANS:
+        errors.print(f"error: --plan must be one of {', '.join(PLANS)}")
+        raise typer.Exit(2)
+    settings = _settings(data_dir=data_dir)
+
+    async def action(db: Database) -> accounts.IssuedKey:
+        async with db.write() as session:
+            return await accounts.create_account(session, plan=plan, credits=credits, name=name)
+
+    issued = _with_db(settings, action)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "key": issued.key,
+                    "key_id": issued.key_id,
+                    "account_id": issued.account_id,
+                    "plan": issued.plan,
+                    "credits": issued.credits,
+                }
+            )
+        )
+        return
+    console.print(f"API key (shown once): [bold]{issued.key}[/bold]", highlight=False)
+    console.print(
+        f"key id {issued.key_id} · account {issued.account_id} · plan {issued.plan} · "
+        f"{issued.credits} credits",
+        highlight=False,
+    )
+
+
+@keys_app.command("list")
+def keys_list(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
+) -> None:
+    """List keys (never the keys themselves: prefix and last characters)."""
+    settings = _settings(data_dir=data_dir)
+
+    async def action(db: Database) -> list[accounts.KeyListing]:
+        async with db.read() as session:
+            return await accounts.list_keys(session)
+
+    listings = _with_db(settings, action)
+    if as_json:
+        for item in listings:
+            print(
+                json.dumps(
+                    {
+                        "key_id": item.key_id,
+                        "key": item.display,
+                        "name": item.name,
+                        "account_id": item.account_id,
+                        "plan": item.plan,
+                        "balance": item.balance,
+                        "created_at": item.created_at.isoformat(),
+                        "revoked": item.revoked_at is not None,
+                    }
+                )
+            )
+        return
+    table = Table("key id", "key", "name", "account", "plan", "balance", "created", "state")
+    for item in listings:
+        table.add_row(
+            item.key_id,
+            item.display,
+            item.name,
+            item.account_id,
+            item.plan,
+            str(item.balance),
+            item.created_at.strftime("%Y-%m-%d %H:%M"),
+            "revoked" if item.revoked_at else "active",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
+    """Revoke a key at once."""
+    settings = _settings(data_dir=data_dir)
+
+    async def action(db: Database) -> bool:
+        async with db.write() as session:
+            return await accounts.revoke_key(session, key_id)
+
+    if not _with_db(settings, action):
+        errors.print(f"error: no active key with id {key_id}")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
+@credits_app.command("grant")
+def credits_grant(
+    account_id: str,
+    amount: Annotated[int, typer.Argument(min=1, help="Credits to add")],
+    data_dir: DataDir = None,
+) -> None:
+    """Add credits to an account (recorded in its ledger)."""
+    settings = _settings(data_dir=data_dir)
+
+    async def action(db: Database) -> int | None:
+        async with db.write() as session:
+            return await ledger.grant(session, account_id, amount, note="granted by operator")
+
+    balance = _with_db(settings, action)
+    if balance is None:
+        errors.print(f"error: no account with id {account_id}")
+        raise typer.Exit(1)
+    console.print(f"granted {amount} credits to {account_id}; balance {balance}")

@@ -1,0 +1,73 @@
+"""The interface every generation engine implements.
+
+An engine turns one validated job into MP4 files on local disk. It never
+touches the database, the HTTP layer or storage: the worker owns those.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from imagine.media.images import InputImage
+
+ProgressCallback = Callable[[float], None]
+"""Called with the fraction done, 0.0-1.0; must be cheap and thread-safe."""
+
+
+@dataclass(frozen=True)
+class EngineCapabilities:
+    """What an engine can do; requests outside it are refused at submit time."""
+
+    modes: frozenset[str] = frozenset({"normal", "fun", "spicy", "custom"})
+    resolutions: frozenset[str] = frozenset({"480p", "720p"})
+    max_images: int = 7
+    min_duration: int = 1
+    max_duration: int = 15
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """Everything an engine needs, already validated and with images fetched."""
+
+    task_id: str
+    prompt: str
+    mode: str
+    ratio: str
+    resolution: str
+    width: int
+    height: int
+    duration: int
+    seed: int | None
+    images: tuple[InputImage, ...] = ()
+    fps: int = 24
+
+
+@dataclass
+class JobControl:
+    """How the worker talks to a running engine: progress out, cancellation in."""
+
+    on_progress: ProgressCallback = lambda _fraction: None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+
+class Engine(Protocol):
+    """A video generator. Implementations live in `imagine.engines.<name>`."""
+
+    name: str
+    capabilities: EngineCapabilities
+
+    async def generate(self, job: GenerationJob, workdir: Path, control: JobControl) -> list[Path]:
+        """Write one or more MP4 files into `workdir` and return their paths.
+
+        Raise `imagine.failures.TaskFailure` for a failure the client should
+        see, `imagine.failures.Cancelled` when `control.cancel_event` is set.
+        """
+        ...

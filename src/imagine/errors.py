@@ -1,0 +1,57 @@
+"""Errors a client can see. Each carries its HTTP status and contract code.
+
+Services raise these; one handler in `imagine.api.envelope` renders them as
+the envelope `{"code", "message", "error"}`. Nothing else reaches a client.
+"""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status: int = 500
+    error: str = "INTERNAL_ERROR"
+    prefix: str = ""
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = f"{self.prefix}{message}"
+        self.headers = headers or {}
+
+
+class InvalidRequest(ApiError):
+    status, error, prefix = 400, "INVALID_REQUEST", "Invalid request: "
+
+
+class Unauthorized(ApiError):
+    status, error = 401, "UNAUTHORIZED"
+
+    def __init__(self, message: str = "Missing or invalid API key") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class InsufficientCredits(ApiError):
+    status, error = 402, "INSUFFICIENT_CREDITS"
+
+
+class NotFound(ApiError):
+    status, error = 404, "NOT_FOUND"
+
+
+class MethodNotAllowed(ApiError):
+    status, error = 405, "METHOD_NOT_ALLOWED"
+
+
+class Conflict(ApiError):
+    status, error = 409, "IDEMPOTENCY_CONFLICT"
+
+
+class PayloadTooLarge(ApiError):
+    status, error = 413, "PAYLOAD_TOO_LARGE"
+
+
+class RateLimited(ApiError):
+    status, error = 429, "RATE_LIMITED"
+
+
+class InternalError(ApiError):
+    status, error = 500, "INTERNAL_ERROR"

@@ -1,0 +1,89 @@
+"""Files in a directory, served by the API itself under signed, expiring URLs.
+
+A URL is `/files/<key>?expires=<epoch>&signature=<hmac>`; the HMAC covers key
+and expiry, so URLs cannot be guessed or extended. Expiry is rounded up to
+the hour, so a client polling status keeps getting the same (cacheable) URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+_ROUND = 3600
+
+
+class LocalStorage:
+    def __init__(self, root: Path, secret: bytes, ttl_seconds: int) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._secret = secret
+        self._ttl = ttl_seconds
+
+    def save(self, task_id: str, source: Path) -> str:
+        key = f"{task_id}/{secrets.token_urlsafe(12)}{source.suffix}"
+        target = self.root / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        shutil.copyfile(source, partial)
+        with partial.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, target)
+        return key
+
+    def delete(self, key: str) -> None:
+        path = self.path_for(key)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    def path_for(self, key: str) -> Path | None:
+        """The file behind a key, refusing anything that escapes the root."""
+        path = (self.root / key).resolve()
+        return path if path.is_relative_to(self.root) and path != self.root else None
+
+    def url(self, key: str, base_url: str) -> str:
+        expires = (int(time.time()) + self._ttl + _ROUND - 1) // _ROUND * _ROUND
+        return (
+            f"{base_url.rstrip('/')}/files/{quote(key)}"
+            f"?expires={expires}&signature={self._sign(key, expires)}"
+        )
+
+    def verify(self, key: str, expires: int, signature: str) -> Path | None:
+        """The file for a signed URL, or None if the signature, expiry or file is bad."""
+        if expires < time.time():
+            return None
+        if not hmac.compare_digest(self._sign(key, expires), signature):
+            return None
+        path = self.path_for(key)
+        return path if path is not None and path.is_file() else None
+
+    def _sign(self, key: str, expires: int) -> str:
+        message = f"{key}\n{expires}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+
+def load_or_create_secret(data_dir: Path, configured: str | None) -> bytes:
+    """The signing secret: configured, or generated once and kept in the data dir."""
+    if configured:
+        return configured.encode()
+    path = data_dir / "secret.key"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # Written aside, then linked into place: a concurrent starter sees
+        # either no file or the whole secret, never a partial one.
+        draft = data_dir / f".secret.{secrets.token_hex(4)}"
+        draft.write_text(secrets.token_hex(32))
+        draft.chmod(0o600)
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_bytes().strip()

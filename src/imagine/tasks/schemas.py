@@ -1,0 +1,155 @@
+"""The request body of `POST /v1/generate`, its validation, and frame sizes.
+
+Pydantic checks the shape (types, unknown fields); `validate_generation`
+checks what depends on configuration and the engine (enabled modes, limits),
+so every rule produces one clear "Invalid request: …" sentence.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from imagine.engines.base import EngineCapabilities
+from imagine.errors import InvalidRequest
+from imagine.media.netguard import UnsafeURL, check_url_syntax
+from imagine.settings import Settings
+
+RATIOS = ("1:1", "16:9", "9:16", "2:3", "3:2", "4:3", "3:4")
+RESOLUTIONS = ("480p", "720p")
+SEED_MAX = 2**32 - 1
+
+# DESIGN §2: ratio × resolution → (width, height), even numbers.
+FRAME_SIZES: dict[tuple[str, str], tuple[int, int]] = {
+    ("1:1", "480p"): (480, 480),
+    ("16:9", "480p"): (848, 480),
+    ("9:16", "480p"): (480, 848),
+    ("3:2", "480p"): (720, 480),
+    ("2:3", "480p"): (480, 720),
+    ("4:3", "480p"): (640, 480),
+    ("3:4", "480p"): (480, 640),
+    ("1:1", "720p"): (720, 720),
+    ("16:9", "720p"): (1280, 720),
+    ("9:16", "720p"): (720, 1280),
+    ("3:2", "720p"): (1080, 720),
+    ("2:3", "720p"): (720, 1080),
+    ("4:3", "720p"): (960, 720),
+    ("3:4", "720p"): (720, 960),
+}
+
+
+class GenerateBody(BaseModel):
+    """What a client may send. Strict types: `"6"` is not a duration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: StrictStr = Field(default="normal", description="normal | fun | spicy | custom")
+    prompt: StrictStr = Field(description="What the video shows; 1-5000 characters.")
+    images: list[StrictStr] | StrictStr | None = Field(
+        default=None,
+        description="0-7 http(s) or data:image/…;base64 URLs (a single string is one image).",
+    )
+    ratio: StrictStr = Field(default="16:9", description=" | ".join(RATIOS))
+    duration: StrictInt = Field(default=6, description="Seconds, 1-15.")
+    resolution: StrictStr = Field(default="480p", description="480p | 720p")
+    seed: StrictInt | None = Field(
+        default=None, description=f"0-{SEED_MAX}; same seed, same video."
+    )
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A request that passed every rule: what the task stores and the worker runs."""
+
+    mode: str
+    prompt: str
+    ratio: str
+    images: tuple[str, ...]
+    duration: int
+    resolution: str
+    seed: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["images"] = list(self.images)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GenerationRequest:
+        return cls(**{**data, "images": tuple(data.get("images") or ())})
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return FRAME_SIZES[(self.ratio, self.resolution)]
+
+
+def validate_generation(
+    body: GenerateBody, settings: Settings, capabilities: EngineCapabilities
+) -> GenerationRequest:
+    prompt = body.prompt.strip()
+    if not prompt:
+        raise InvalidRequest("The prompt parameter is required")
+    if len(prompt) > settings.max_prompt_chars:
+        raise InvalidRequest(
+            f"The prompt parameter must be at most {settings.max_prompt_chars} characters"
+        )
+    modes = [m for m in settings.enabled_modes if m in capabilities.modes]
+    if body.mode not in modes:
+        raise InvalidRequest(f"The mode parameter must be one of: {', '.join(modes)}")
+    if body.ratio not in RATIOS:
+        raise InvalidRequest(f"The ratio parameter must be one of: {', '.join(RATIOS)}")
+    resolutions = [r for r in RESOLUTIONS if r in capabilities.resolutions]
+    if body.resolution not in resolutions:
+        raise InvalidRequest(f"The resolution parameter must be one of: {', '.join(resolutions)}")
+    low, high = capabilities.min_duration, capabilities.max_duration
+    if not low <= body.duration <= high:
+        raise InvalidRequest(f"The duration parameter must be an integer from {low} to {high}")
+    if body.seed is not None and not 0 <= body.seed <= SEED_MAX:
+        raise InvalidRequest(f"The seed parameter must be an integer from 0 to {SEED_MAX}")
+    images = _validate_images(body.images, settings, capabilities)
+    return GenerationRequest(
+        mode=body.mode,
+        prompt=prompt,
+        ratio=body.ratio,
+        images=images,
+        duration=body.duration,
+        resolution=body.resolution,
+        seed=body.seed,
+    )
+
+
+def _validate_images(
+    images: list[str] | str | None, settings: Settings, capabilities: EngineCapabilities
+) -> tuple[str, ...]:
+    if images is None:
+        return ()
+    urls = [images] if isinstance(images, str) else images
+    limit = min(settings.max_images, capabilities.max_images)
+    if len(urls) > limit:
+        raise InvalidRequest(f"The images parameter accepts at most {limit} images")
+    for index, url in enumerate(urls):
+        where = f"images[{index}]"
+        if url.startswith("data:"):
+            _check_data_url(url, where, settings.image_max_bytes)
+            continue
+        try:
+            check_url_syntax(url, allow_private=settings.allow_private_urls)
+        except UnsafeURL as exc:
+            raise InvalidRequest(f"{where} is not an allowed image URL: {exc}") from None
+    return tuple(urls)
+
+
+def _check_data_url(url: str, where: str, max_bytes: int) -> None:
+    header, sep, payload = url.partition(",")
+    if not sep or not header.startswith("data:image/") or not header.endswith(";base64"):
+        raise InvalidRequest(f"{where} must be a data:image/…;base64, URL")
+    if len(payload) * 3 // 4 > max_bytes + 3:
+        raise InvalidRequest(f"{where} is larger than {max_bytes} bytes")
+    try:
+        base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"{where} is not valid base64") from None
