@@ -1,0 +1,390 @@
+"""Download user-supplied image URLs without letting them reach internal hosts.
+
+The worker calls `ImageFetcher.fetch_all` before handing images to an engine.
+Rules follow the OWASP SSRF Prevention Cheat Sheet (see `netguard` for the
+address policy) and RELIABILITY.md, "Fetching user-supplied URLs":
+
+* only http/https and ``data:image/...;base64,``;
+* resolve the host, refuse if *any* address is forbidden, then connect to the
+  checked address itself (the request goes to the IP, with the original
+  ``Host`` header and TLS SNI), so a second DNS answer cannot rebind it;
+* redirects are followed by hand, each hop re-parsed, re-resolved, re-checked;
+* the body is streamed under a byte cap, and the whole fetch under one deadline;
+* the type comes from magic bytes, the pixel count is capped before decoding.
+
+Error mapping (the contract allows only four client-visible sentences; the
+precise cause is in ``TaskFailure.detail``, which is logged, never shown):
+
+==========================================  ===========  =========
+cause                                       reason       retryable
+==========================================  ===========  =========
+malformed / non-http(s) URL, credentials    NETWORK      no
+internal hostname or forbidden address      NETWORK      no
+name does not exist (NXDOMAIN)              NETWORK      no
+too many redirects, redirect w/o Location   NETWORK      no
+HTTP 4xx (except 408, 429), other non-2xx   NETWORK      no
+unsupported Content-Encoding                NETWORK      no
+DNS temporary failure, connect/read error   NETWORK      yes
+total timeout                               NETWORK      yes
+HTTP 408, 429, 5xx                          NETWORK      yes
+body or data: URL larger than max_bytes     FILE_TYPE    no
+not PNG/JPEG/WebP/GIF by magic bytes        FILE_TYPE    no
+width*height above max_pixels (bomb)        FILE_TYPE    no
+image does not decode                       FILE_TYPE    no
+bad data: URL (not base64, not image/*)     FILE_TYPE    no
+==========================================  ===========  =========
+
+Refusals use NETWORK rather than FILE_TYPE because "File type not supported"
+would mislead a client whose URL simply cannot be fetched; they are not
+retryable because the same URL will be refused again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import socket
+import ssl
+import zlib
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urljoin
+
+import httpx
+from PIL import Image
+
+from imagine.failures import FailureReason, TaskFailure
+from imagine.media.images import InputImage
+from imagine.media.netguard import (
+    IPAddress,
+    IPNetwork,
+    Resolver,
+    TargetURL,
+    UnsafeURL,
+    default_resolver,
+    is_forbidden_address,
+    is_forbidden_hostname,
+    parse_target_url,
+)
+
+__all__ = ["ImageFetcher", "sniff_image_type"]
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_RETRYABLE_STATUS = frozenset({408, 429})
+_PERMANENT_DNS_ERRORS = frozenset(
+    code
+    for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
+    if code is not None
+)
+# (mime type, Pillow format name)
+_PNG = ("image/png", "PNG")
+_JPEG = ("image/jpeg", "JPEG")
+_WEBP = ("image/webp", "WEBP")
+_GIF = ("image/gif", "GIF")
+
+
+def sniff_image_type(data: bytes) -> tuple[str, str] | None:
+    """``(mime type, Pillow format)`` from magic bytes, or None if not an accepted image.
+
+    The server's Content-Type and the URL's extension are never trusted.
+    """
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _PNG
+    if data.startswith(b"\xff\xd8\xff"):
+        return _JPEG
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _WEBP
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return _GIF
+    return None
+
+
+def _refused(detail: str) -> TaskFailure:
+    return TaskFailure(FailureReason.NETWORK, detail, retryable=False)
+
+
+def _transient(detail: str) -> TaskFailure:
+    return TaskFailure(FailureReason.NETWORK, detail, retryable=True)
+
+
+def _bad_file(detail: str) -> TaskFailure:
+    return TaskFailure(FailureReason.FILE_TYPE, detail, retryable=False)
+
+
+class ImageFetcher:
+    """Fetches and checks input images; one connection pool per fetcher.
+
+    Use as ``async with ImageFetcher() as f: await f.fetch_all(urls)`` or call
+    `aclose` when done. `allow_private` turns the address policy off (local
+    development only). `allowed_networks` exempts specific networks from it,
+    e.g. an internal image store an operator trusts. `ssl_context` replaces
+    the default certificate verification (private CAs, tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_bytes: int = 10 * 1024 * 1024,
+        timeout: float = 20.0,
+        max_redirects: int = 3,
+        max_pixels: int = 50_000_000,
+        allow_private: bool = False,
+        resolver: Resolver | None = None,
+        user_agent: str = "imagine-image-fetcher",
+        allowed_networks: Sequence[IPNetwork] = (),
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._max_bytes = max_bytes
+        self._timeout = timeout
+        self._max_redirects = max_redirects
+        self._max_pixels = max_pixels
+        self._allow_private = allow_private
+        self._resolver: Resolver = resolver or default_resolver
+        self._allowed_networks = tuple(allowed_networks)
+        self._ssl_context = ssl_context
+        self._transport: httpx.AsyncHTTPTransport | None = None
+        self._headers = {
+            "User-Agent": user_agent,
+            "Accept": "image/png,image/jpeg,image/webp,image/gif;q=0.9,*/*;q=0.1",
+            "Accept-Encoding": "identity",
+        }
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool (a later fetch opens a new one)."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
+
+    def _http(self) -> httpx.AsyncHTTPTransport:
+        # A bare transport rather than an AsyncClient: the client parses every
+        # Location header to prepare `next_request` even with redirects off
+        # (a hostile Location then raises InvalidURL), and it keeps a cookie
+        # jar that would be shared between unrelated users' URLs.
+        if self._transport is None:
+            self._transport = httpx.AsyncHTTPTransport(
+                verify=self._ssl_context if self._ssl_context is not None else True,
+                # No proxies or SSL_CERT_* from the environment: a proxy would
+                # make the connection (and its DNS lookup) somewhere unchecked.
+                trust_env=False,
+                # No keep-alive: the pool is keyed by IP, so a connection whose
+                # certificate was verified for one hostname could otherwise be
+                # reused for another hostname on the same IP.
+                limits=httpx.Limits(max_keepalive_connections=0),
+                retries=0,
+            )
+        return self._transport
+
+    async def fetch_all(self, urls: Sequence[str]) -> list[InputImage]:
+        """Fetch every URL concurrently, in order; the first failure cancels the rest."""
+        tasks = [asyncio.create_task(self.fetch(url)) for url in urls]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def fetch(self, url: str) -> InputImage:
+        """Fetch one http(s) or data: URL and check it is a supported, sane image."""
+        if url[:5].lower() == "data:":
+            data = self._decode_data_url(url)
+        else:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    data = await self._download(url)
+            except TimeoutError:
+                raise _transient(f"fetch exceeded {self._timeout}s total") from None
+            except httpx.TransportError as exc:  # includes httpx timeouts
+                raise _transient(f"transport error: {type(exc).__name__}: {exc}") from None
+            except httpx.InvalidURL as exc:  # not expected: URLs are built from checked parts
+                raise _refused(f"invalid URL: {exc}") from None
+        return await asyncio.to_thread(self._inspect, data)
+
+    # -- data: URLs ---------------------------------------------------------
+
+    def _decode_data_url(self, url: str) -> bytes:
+        header, comma, payload = url[5:].partition(",")
+        if not comma:
+            raise _bad_file("data: URL without a comma")
+        params = [p.strip().lower() for p in header.split(";")]
+        if len(params) < 2 or params[-1] != "base64":
+            raise _bad_file("data: URL is not base64-encoded")
+        if not params[0].startswith("image/"):
+            raise _bad_file(f"data: URL media type {params[0]!r} is not an image")
+        # Refuse before decoding so a huge string is never turned into bytes.
+        if len(payload) > (self._max_bytes // 3 + 1) * 4:
+            raise _bad_file(f"data: URL larger than {self._max_bytes} bytes")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise _bad_file("data: URL has invalid base64") from None
+        if len(data) > self._max_bytes:
+            raise _bad_file(f"data: URL larger than {self._max_bytes} bytes")
+        return data
+
+    # -- http(s) --------------------------------------------------------------
+
+    async def _download(self, url: str) -> bytes:
+        current = url
+        for hop in range(self._max_redirects + 1):
+            target = self._check_target(current)
+            addresses = await self._resolve(target)
+            response = await self._send(target, addresses)
+            try:
+                if response.status_code in _REDIRECTS:
+                    location = response.headers.get("location")
+                    if not location:
+                        raise _refused(f"{response.status_code} without Location from {target}")
+                    if hop == self._max_redirects:
+                        raise _refused(
+                            f"more than {self._max_redirects} redirects (last: {target} -> "
+                            f"{location[:200]!r})"
+                        )
+                    current = urljoin(str(target), location)
+                    continue
+                self._check_status(response, target)
+                return await self._read_body(response, target)
+            finally:
+                await response.aclose()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check_target(self, url: str) -> TargetURL:
+        try:
+            target = parse_target_url(url)
+        except UnsafeURL as exc:
+            raise _refused(f"refused URL {url[:200]!r}: {exc}") from None
+        if not self._allow_private and is_forbidden_hostname(target.host):
+            raise _refused(f"refused internal host {target.host!r}")
+        return target
+
+    def _address_allowed(self, ip: IPAddress) -> bool:
+        if self._allow_private:
+            return True
+        if any(ip.version == net.version and ip in net for net in self._allowed_networks):
+            return True
+        return not is_forbidden_address(ip)
+
+    async def _resolve(self, target: TargetURL) -> list[IPAddress]:
+        """All addresses for the host; refuse if any is forbidden (OWASP: check every A/AAAA)."""
+        if target.ip is not None:
+            addresses = [target.ip]
+        else:
+            try:
+                addresses = list(await self._resolver(target.host, target.port))
+            except socket.gaierror as exc:
+                detail = f"cannot resolve {target.host!r}: {exc}"
+                if exc.errno in _PERMANENT_DNS_ERRORS:
+                    raise _refused(detail) from None
+                raise _transient(detail) from None
+            except OSError as exc:
+                raise _transient(f"cannot resolve {target.host!r}: {exc}") from None
+            if not addresses:
+                raise _refused(f"{target.host!r} has no addresses")
+        forbidden = [str(ip) for ip in addresses if not self._address_allowed(ip)]
+        if forbidden:
+            raise _refused(f"{target.host!r} resolves to forbidden address(es) {forbidden}")
+        return addresses
+
+    async def _send(self, target: TargetURL, addresses: list[IPAddress]) -> httpx.Response:
+        """Connect to a checked address (never the name again), trying each in turn."""
+        transport = self._http()
+        extensions: dict[str, Any] = {"timeout": httpx.Timeout(self._timeout).as_dict()}
+        if target.scheme == "https" and target.ip is None:
+            # TLS server name and certificate check use the real hostname.
+            extensions["sni_hostname"] = target.host
+        headers = {**self._headers, "Host": target.host_header}
+        last_error: Exception | None = None
+        for ip in addresses:
+            request = httpx.Request(
+                "GET", target.url_for(ip), headers=headers, extensions=extensions
+            )
+            # Belt and braces: the URL httpx will connect to is the checked IP.
+            port = request.url.port or (443 if request.url.scheme == "https" else 80)
+            if request.url.host != ip.compressed or port != target.port:
+                raise _refused(f"request URL {request.url} does not match checked {ip}")
+            try:
+                response = await transport.handle_async_request(request)
+            except httpx.ConnectError as exc:
+                last_error = exc
+                continue
+            response.request = request
+            return response
+        raise _transient(
+            f"cannot connect to {target} via {[str(a) for a in addresses]}: {last_error}"
+        )
+
+    @staticmethod
+    def _check_status(response: httpx.Response, target: TargetURL) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        detail = f"HTTP {status} from {target}"
+        if status >= 500 or status in _RETRYABLE_STATUS:
+            raise _transient(detail)
+        raise _refused(detail)
+
+    async def _read_body(self, response: httpx.Response, target: TargetURL) -> bytes:
+        """Stream the body, stopping as soon as it passes max_bytes (Content-Length is a hint)."""
+        limit = self._max_bytes
+        length = response.headers.get("content-length", "").strip()
+        if length.isdigit() and int(length) > limit:
+            raise _bad_file(f"Content-Length {length} > {limit} bytes from {target}")
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        decoder: zlib._Decompress | None = None
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            # Decode ourselves with an output cap: a small gzip chunk can expand
+            # a thousandfold, and httpx's decoder has no limit per chunk.
+            decoder = zlib.decompressobj(wbits=47)  # gzip or zlib header
+        elif encoding not in ("", "identity"):
+            raise _refused(f"unsupported Content-Encoding {encoding!r} from {target}")
+        body = bytearray()
+        async for chunk in response.aiter_raw():
+            if decoder is not None:
+                try:
+                    chunk = decoder.decompress(chunk, limit - len(body) + 1)
+                except zlib.error as exc:
+                    raise _bad_file(f"bad {encoding} body from {target}: {exc}") from None
+            body += chunk
+            if len(body) > limit:
+                raise _bad_file(f"body larger than {limit} bytes from {target}")
+        return bytes(body)
+
+    # -- image checks ---------------------------------------------------------
+
+    def _inspect(self, data: bytes) -> InputImage:
+        """Type by magic bytes, size from the header, then a full decode (in a thread)."""
+        kind = sniff_image_type(data)
+        if kind is None:
+            raise _bad_file(f"not PNG/JPEG/WebP/GIF (starts {data[:16]!r})")
+        mime, fmt = kind
+        try:
+            with Image.open(io.BytesIO(data), formats=[fmt]) as img:
+                width, height = img.size  # header only, nothing decoded yet
+                if width <= 0 or height <= 0:
+                    raise _bad_file(f"{fmt} with empty size {width}x{height}")
+                if width * height > self._max_pixels:
+                    raise _bad_file(
+                        f"{fmt} {width}x{height} exceeds {self._max_pixels} pixels "
+                        "(decompression bomb guard)"
+                    )
+                img.load()
+        except TaskFailure:
+            raise
+        except Exception as exc:  # Pillow raises many types for corrupt data
+            raise _bad_file(f"{fmt} does not decode: {type(exc).__name__}: {exc}") from None
+        return InputImage(data=data, mime_type=mime, width=width, height=height)
