@@ -70,7 +70,7 @@ from imagine.media.netguard import (
     parse_target_url,
 )
 
-__all__ = ["ImageFetcher", "sniff_image_type"]
+__all__ = ["ImageFetcher", "decode_data_url", "sniff_image_type"]
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _RETRYABLE_STATUS = frozenset({408, 429})
@@ -100,6 +100,31 @@ def sniff_image_type(data: bytes) -> tuple[str, str] | None:
     if data.startswith((b"GIF87a", b"GIF89a")):
         return _GIF
     return None
+
+
+def decode_data_url(url: str, max_bytes: int) -> bytes:
+    """The bytes of a ``data:image/...;base64,`` URL; ValueError says what is wrong.
+
+    Shared by the API (checked at submit, so a bad one is a 400) and the worker.
+    """
+    header, comma, payload = url[5:].partition(",")
+    if url[:5].lower() != "data:" or not comma:
+        raise ValueError("must be a data:image/...;base64, URL")
+    params = [p.strip().lower() for p in header.split(";")]
+    if len(params) < 2 or params[-1] != "base64":
+        raise ValueError("must be a data:image/...;base64, URL (base64-encoded)")
+    if not params[0].startswith("image/"):
+        raise ValueError(f"media type {params[0]!r} is not an image")
+    # Refuse before decoding so a huge string is never turned into bytes.
+    if len(payload) > (max_bytes // 3 + 1) * 4:
+        raise ValueError(f"is larger than {max_bytes} bytes")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("is not valid base64") from None
+    if len(data) > max_bytes:
+        raise ValueError(f"is larger than {max_bytes} bytes")
+    return data
 
 
 def _refused(detail: str) -> TaskFailure:
@@ -202,7 +227,10 @@ class ImageFetcher:
     async def fetch(self, url: str) -> InputImage:
         """Fetch one http(s) or data: URL and check it is a supported, sane image."""
         if url[:5].lower() == "data:":
-            data = self._decode_data_url(url)
+            try:
+                data = decode_data_url(url, self._max_bytes)
+            except ValueError as exc:
+                raise _bad_file(str(exc)) from None
         else:
             try:
                 async with asyncio.timeout(self._timeout):
@@ -214,28 +242,6 @@ class ImageFetcher:
             except httpx.InvalidURL as exc:  # not expected: URLs are built from checked parts
                 raise _refused(f"invalid URL: {exc}") from None
         return await asyncio.to_thread(self._inspect, data)
-
-    # -- data: URLs ---------------------------------------------------------
-
-    def _decode_data_url(self, url: str) -> bytes:
-        header, comma, payload = url[5:].partition(",")
-        if not comma:
-            raise _bad_file("data: URL without a comma")
-        params = [p.strip().lower() for p in header.split(";")]
-        if len(params) < 2 or params[-1] != "base64":
-            raise _bad_file("data: URL is not base64-encoded")
-        if not params[0].startswith("image/"):
-            raise _bad_file(f"data: URL media type {params[0]!r} is not an image")
-        # Refuse before decoding so a huge string is never turned into bytes.
-        if len(payload) > (self._max_bytes // 3 + 1) * 4:
-            raise _bad_file(f"data: URL larger than {self._max_bytes} bytes")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise _bad_file("data: URL has invalid base64") from None
-        if len(data) > self._max_bytes:
-            raise _bad_file(f"data: URL larger than {self._max_bytes} bytes")
-        return data
 
     # -- http(s) --------------------------------------------------------------
 

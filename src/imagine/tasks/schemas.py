@@ -7,8 +7,6 @@ so every rule produces one clear "Invalid request: …" sentence.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -16,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from imagine.engines.base import EngineCapabilities
 from imagine.errors import InvalidRequest
+from imagine.media.fetch import decode_data_url
 from imagine.media.netguard import UnsafeURL, check_url_syntax
 from imagine.settings import Settings
 
@@ -133,23 +132,13 @@ def _validate_images(
         raise InvalidRequest(f"The images parameter accepts at most {limit} images")
     for index, url in enumerate(urls):
         where = f"images[{index}]"
-        if url.startswith("data:"):
-            _check_data_url(url, where, settings.image_max_bytes)
-            continue
         try:
-            check_url_syntax(url, allow_private=settings.allow_private_urls)
+            if url[:5].lower() == "data:":
+                decode_data_url(url, settings.image_max_bytes)
+            else:
+                check_url_syntax(url, allow_private=settings.allow_private_urls)
         except UnsafeURL as exc:
             raise InvalidRequest(f"{where} is not an allowed image URL: {exc}") from None
+        except ValueError as exc:
+            raise InvalidRequest(f"{where} {exc}") from None
     return tuple(urls)
-
-
-def _check_data_url(url: str, where: str, max_bytes: int) -> None:
-    header, sep, payload = url.partition(",")
-    if not sep or not header.startswith("data:image/") or not header.endswith(";base64"):
-        raise InvalidRequest(f"{where} must be a data:image/…;base64, URL")
-    if len(payload) * 3 // 4 > max_bytes + 3:
-        raise InvalidRequest(f"{where} is larger than {max_bytes} bytes")
-    try:
-        base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidRequest(f"{where} is not valid base64") from None
