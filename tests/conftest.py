@@ -1,0 +1,114 @@
+"""Shared fixtures: a real Imagine server on loopback, keys, and a media helper."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from imagine.accounts import service as accounts
+from imagine.app import create_app
+from imagine.db.database import Database
+from imagine.settings import Settings, load_settings
+
+
+@dataclass
+class RunningServer:
+    """An app served by uvicorn in a background thread, on a real loopback socket."""
+
+    url: str
+    settings: Settings
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+    def new_key(self, plan: str = "free", credits: int = 1000) -> accounts.IssuedKey:
+        async def create(db: Database) -> accounts.IssuedKey:
+            async with db.write() as session:
+                return await accounts.create_account(session, plan=plan, credits=credits)
+
+        return run_db(self.settings, create)  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def run_db(settings: Settings, action: Any) -> Any:
+    """Run `action(db)` against the server's database from the test thread."""
+
+    async def runner() -> Any:
+        db = Database(settings.resolved_database_url)
+        try:
+            return await action(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(runner())
+
+
+def start_server(
+    settings: Settings, configure_app: Callable[[FastAPI], Any] | None = None
+) -> RunningServer:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(settings)
+    if configure_app is not None:
+        configure_app(app)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    return RunningServer(f"http://127.0.0.1:{port}", settings, server, thread)
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    defaults: dict[str, Any] = {
+        "data_dir": data_dir,
+        "workers": 1,
+        "poll_interval": 0.05,
+        "lease_seconds": 5.0,
+        "allow_private_urls": True,
+    }
+    defaults.update(overrides)
+    return load_settings(**defaults)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[RunningServer] = []
+
+    def factory(**overrides: Any) -> RunningServer:
+        data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
+        configure_app = overrides.pop("configure_app", None)
+        running = start_server(make_settings(data_dir, **overrides), configure_app)
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def server(server_factory: Any) -> RunningServer:
+    return server_factory()  # type: ignore[no-any-return]
