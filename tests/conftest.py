@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
@@ -20,6 +19,9 @@ from imagine.accounts import service as accounts
 from imagine.app import create_app
 from imagine.db.database import Database
 from imagine.settings import Settings, load_settings
+
+from databases import PostgresDatabases
+from helpers import run_db
 
 
 @dataclass
@@ -40,24 +42,11 @@ class RunningServer:
             async with db.write() as session:
                 return await accounts.create_account(session, plan=plan, credits=credits)
 
-        return run_db(self.settings, create)  # type: ignore[no-any-return]
+        return run_db(self.settings, create)
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
-
-
-def run_db(settings: Settings, action: Any) -> Any:
-    """Run `action(db)` against the server's database from the test thread."""
-
-    async def runner() -> Any:
-        db = Database(settings.resolved_database_url)
-        try:
-            return await action(db)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(runner())
 
 
 def start_server(
@@ -93,11 +82,31 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     return load_settings(**defaults)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresDatabases]:
+    databases = PostgresDatabases()
+    yield databases
+    databases.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test that uses a server runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"
+        return
+    databases: PostgresDatabases = request.getfixturevalue("postgres")
+    url = databases.create()
+    yield url
+    databases.drop(url)
+
+
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator[Any]:
+def server_factory(tmp_path: Path, database_url: str) -> Iterator[Any]:
     started: list[RunningServer] = []
 
     def factory(**overrides: Any) -> RunningServer:
+        overrides.setdefault("database_url", database_url)
         data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
         configure_app = overrides.pop("configure_app", None)
         running = start_server(make_settings(data_dir, **overrides), configure_app)

@@ -2,19 +2,45 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from imagine.credits import ledger
 from imagine.db.database import Database
-from imagine.db.models import Account
+from imagine.db.models import Account, Base
+from imagine.settings import Settings
+
+T = TypeVar("T")
 
 FINISHED = {"completed", "failed", "cancelled"}
+
+
+def run_db(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:
+    """Run `action(db)` against a server's database from the test thread."""
+
+    async def runner() -> T:
+        db = Database(settings.resolved_database_url)
+        try:
+            return await action(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(runner())
+
+
+def count_rows(settings: Settings, table: type[Base]) -> int:
+    async def count(db: Database) -> int:
+        async with db.read() as session:
+            return int(await session.scalar(select(func.count()).select_from(table)) or 0)
+
+    return run_db(settings, count)
 
 
 def wait_for_task(client: httpx.Client, task_id: str, timeout: float = 60) -> dict[str, Any]:

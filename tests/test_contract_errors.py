@@ -6,7 +6,6 @@ Each refusal must leave balances, tasks and ledgers exactly as they were.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from typing import Any
 
 import httpx
@@ -14,9 +13,10 @@ import pytest
 
 from imagine.accounts.keys import generate_key
 from imagine.db.database import Database
+from imagine.db.models import Task
 
-from conftest import RunningServer, run_db
-from helpers import balance_and_ledger
+from conftest import RunningServer
+from helpers import balance_and_ledger, count_rows, run_db
 
 
 def assert_error(answer: httpx.Response, status: int, error: str) -> dict[str, Any]:
@@ -30,9 +30,7 @@ def assert_error(answer: httpx.Response, status: int, error: str) -> dict[str, A
 
 
 def count_tasks(server: RunningServer) -> int:
-    path = server.settings.data_dir / "imagine.db"
-    with sqlite3.connect(path) as conn:
-        return int(conn.execute("SELECT count(*) FROM tasks").fetchone()[0])
+    return count_rows(server.settings, Task)
 
 
 def test_missing_bearer_is_401_with_challenge(server: RunningServer) -> None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
 import httpx
+from sqlalchemy import select
 
 from imagine.accounts.keys import hash_key, is_well_formed
+from imagine.db.database import Database
+from imagine.db.models import ApiKey
 
-from conftest import RunningServer, run_db
-from helpers import balance_and_ledger
+from conftest import RunningServer
+from helpers import balance_and_ledger, run_db
 
 
 def test_same_key_same_body_returns_the_same_task_once_charged(server: RunningServer) -> None:
@@ -86,12 +88,15 @@ def test_invalid_idempotency_key_is_400(server: RunningServer) -> None:
 def test_database_holds_the_hash_never_the_key(server: RunningServer) -> None:
     issued = server.new_key()
     assert is_well_formed(issued.key) and issued.key.startswith("imk_")
-    db_path = server.settings.data_dir / "imagine.db"
-    with sqlite3.connect(db_path) as conn:
-        stored = conn.execute(
-            "SELECT key_hash, display FROM api_keys WHERE id = ?", (issued.key_id,)
-        ).fetchone()
-    assert stored[0] == hash_key(issued.key)
-    assert issued.key not in stored[1] and stored[1].endswith(issued.key[-4:])
-    for path in db_path.parent.glob("imagine.db*"):
-        assert issued.key.encode() not in path.read_bytes()
+
+    async def stored(db: Database) -> list[tuple[str, ...]]:
+        async with db.read() as session:
+            rows = await session.execute(select(ApiKey.key_hash, ApiKey.display, ApiKey.name))
+            return [tuple(row) for row in rows]
+
+    rows = run_db(server.settings, stored)
+    assert rows == [(hash_key(issued.key), rows[0][1], "")]
+    assert issued.key not in rows[0][1] and rows[0][1].endswith(issued.key[-4:])
+    if server.settings.resolved_database_url.startswith("sqlite"):
+        for path in server.settings.data_dir.parent.glob("**/imagine.db*"):
+            assert issued.key.encode() not in path.read_bytes()

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from conftest import RunningServer, run_db
-from helpers import balance_and_ledger, image_bytes, wait_for_task
+from conftest import RunningServer
+from helpers import balance_and_ledger, image_bytes, run_db, wait_for_task
 
 FILES = {
     "/photo.webp": ("image/webp", image_bytes((10, 120, 200), "WEBP")),

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from imagine.accounts import service as accounts
 from imagine.accounts.service import Principal
+from imagine.db import schema
 from imagine.db.database import Database
 from imagine.db.models import LedgerEntry, Task
 from imagine.failures import FailureReason
@@ -28,7 +29,7 @@ REQUEST = GenerationRequest(
 @pytest.fixture
 async def db(tmp_path: Path) -> Database:
     database = Database(f"sqlite+aiosqlite:///{tmp_path / 'q.db'}")
-    await database.create_schema()
+    await schema.upgrade(database)
     return database
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from conftest import RunningServer, run_db
-from helpers import balance_and_ledger
+from imagine.db.models import IdempotencyRecord
+
+from conftest import RunningServer
+from helpers import balance_and_ledger, count_rows, run_db
 
 
 def test_limit_passes_exactly_then_429_with_headers(server_factory: Any) -> None:
@@ -62,7 +64,4 @@ def test_rate_limited_idempotent_submit_records_nothing(server_factory: Any) -> 
             "/v1/generate", json={"prompt": "a"}, headers={"Idempotency-Key": "k1"}
         )
         assert refused.status_code == 429
-    import sqlite3
-
-    with sqlite3.connect(server.settings.data_dir / "imagine.db") as conn:
-        assert conn.execute("SELECT count(*) FROM idempotency_keys").fetchone()[0] == 0
+    assert count_rows(server.settings, IdempotencyRecord) == 0

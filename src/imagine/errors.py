@@ -53,5 +53,9 @@ class RateLimited(ApiError):
     status, error = 429, "RATE_LIMITED"
 
 
+class ServiceUnavailable(ApiError):
+    status, error = 503, "SERVICE_UNAVAILABLE"
+
+
 class InternalError(ApiError):
     status, error = 500, "INTERNAL_ERROR"

@@ -69,6 +69,28 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Scaled-out mode: shared database, rate-limit store and object storage.
+    auto_migrate: bool | None = Field(
+        default=None,
+        description="Upgrade the schema at start; default: only for the embedded SQLite file.",
+    )
+    redis_url: str | None = Field(
+        default=None, description="redis://… for rate limits shared by all API processes."
+    )
+    rate_limit_fail_open: bool = Field(
+        default=False,
+        description="When the rate-limit store is unreachable, serve without limits "
+        "instead of answering 503.",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="s3://bucket/prefix for object storage; default: files in the data dir.",
+    )
+    storage_public_url: str | None = Field(
+        default=None,
+        description="Public/CDN base URL for stored files instead of presigned URLs.",
+    )
+
     @field_validator("enabled_modes", mode="before")
     @classmethod
     def _split_modes(cls, value: object) -> object:
@@ -87,6 +109,26 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'imagine.db'}"
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        return self.resolved_database_url.startswith("sqlite")
+
+    @field_validator("storage_url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None and not (value.startswith("s3://") and len(value) > len("s3://")):
+            raise ValueError("must look like s3://bucket or s3://bucket/prefix")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
 
     @property
     def files_dir(self) -> Path:

@@ -17,8 +17,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagine.accounts.service import Principal
 from imagine.api.envelope import error_response
-from imagine.api.ratelimit import RateLimiter
-from imagine.errors import ApiError, InternalError, PayloadTooLarge, RateLimited, Unauthorized
+from imagine.api.ratelimit import RateLimiter, StorageError
+from imagine.errors import (
+    ApiError,
+    InternalError,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceUnavailable,
+    Unauthorized,
+)
 
 log = logging.getLogger("imagine.api")
 
@@ -35,12 +42,14 @@ class V1Gate:
         limiter: RateLimiter,
         limit_for_plan: LimitForPlan,
         max_body_bytes: int,
+        fail_open: bool = False,
     ) -> None:
         self.app = app
         self.authenticate = authenticate
         self.limiter = limiter
         self.limit_for_plan = limit_for_plan
         self.max_body_bytes = max_body_bytes
+        self.fail_open = fail_open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -56,9 +65,21 @@ class V1Gate:
             await self._refuse(Unauthorized(), scope, receive, send)
             return
 
-        state = await self.limiter.hit(principal.key_id, self.limit_for_plan(principal.plan))
-        rate_headers = state.headers()
-        if not state.allowed:
+        try:
+            state = await self.limiter.hit(principal.key_id, self.limit_for_plan(principal.plan))
+        except StorageError as exc:
+            log.error("rate-limit store unreachable: %s", exc)
+            if not self.fail_open:
+                await self._refuse(
+                    ServiceUnavailable("Rate limiting is unavailable, please retry shortly"),
+                    scope,
+                    receive,
+                    send,
+                )
+                return
+            state = None
+        rate_headers = state.headers() if state is not None else {}
+        if state is not None and not state.allowed:
             await self._refuse(
                 RateLimited(
                     f"Rate limit of {state.limit} requests per minute exceeded",

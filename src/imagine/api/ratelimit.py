@@ -13,8 +13,11 @@ import time
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.errors import StorageError
+
+__all__ = ["RateLimitState", "RateLimiter", "StorageError"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,22 @@ class RateLimiter:
     def __init__(self, storage: Storage | None = None) -> None:
         self._limiter = MovingWindowRateLimiter(storage or MemoryStorage())
         self._items: dict[int, RateLimitItemPerMinute] = {}
+
+    @classmethod
+    def from_url(cls, redis_url: str | None) -> RateLimiter:
+        """In memory without a URL; otherwise Redis, with store failures raised as
+        `StorageError` (the gate decides between 503 and failing open)."""
+        if redis_url is None:
+            return cls()
+        storage = RedisStorage(
+            redis_url,
+            implementation="redispy",
+            wrap_exceptions=True,
+            key_prefix="imagine:ratelimit",
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
+        )
+        return cls(storage)
 
     async def hit(self, identity: str, per_minute: int) -> RateLimitState:
         """Count one request for `identity`; a refused request is not counted."""

@@ -13,7 +13,7 @@ from imagine.api.ratelimit import RateLimiter
 from imagine.db.database import Database
 from imagine.engines.base import Engine
 from imagine.settings import Settings
-from imagine.storage.local import LocalStorage
+from imagine.storage.base import Storage
 from imagine.tasks.service import SubmitPolicy
 
 
@@ -21,7 +21,7 @@ from imagine.tasks.service import SubmitPolicy
 class Services:
     settings: Settings
     db: Database
-    storage: LocalStorage
+    storage: Storage
     engine: Engine
     limiter: RateLimiter
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)

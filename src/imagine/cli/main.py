@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -15,7 +16,10 @@ from rich.table import Table
 
 from imagine.accounts import service as accounts
 from imagine.credits import ledger
+from imagine.db import schema
 from imagine.db.database import Database
+from imagine.db.schema import SchemaOutOfDate
+from imagine.runtime import prepare_database
 from imagine.settings import PLANS, Settings, SettingsError, load_settings
 
 app = typer.Typer(help="Imagine: a self-hostable video-generation API.", no_args_is_help=True)
@@ -23,6 +27,8 @@ keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help
 credits_app = typer.Typer(help="Manage account credits.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 console = Console()
 errors = Console(stderr=True)
@@ -42,17 +48,26 @@ def _settings(**overrides: object) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _with_db(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:
+def _with_db(
+    settings: Settings, action: Callable[[Database], Awaitable[T]], *, prepare: bool = True
+) -> T:
+    """Run `action` on the configured database, schema checked (or upgraded) first."""
+
     async def runner() -> T:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.resolved_database_url)
         try:
-            await db.create_schema()
+            if prepare:
+                await prepare_database(db, settings)
             return await action(db)
         finally:
             await db.dispose()
 
-    return asyncio.run(runner())
+    try:
+        return asyncio.run(runner())
+    except SchemaOutOfDate as exc:
+        errors.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -63,13 +78,18 @@ def serve(
     workers: Annotated[
         int | None, typer.Option(help="In-process workers [default 1; 0 = API only]")
     ] = None,
+    no_workers: Annotated[
+        bool, typer.Option("--no-workers", help="API only; run `imagine worker` elsewhere")
+    ] = False,
 ) -> None:
     """Run the API and its workers."""
     import uvicorn
 
     from imagine.app import create_app
 
-    settings = _settings(host=host, port=port, data_dir=data_dir, workers=workers)
+    settings = _settings(
+        host=host, port=port, data_dir=data_dir, workers=0 if no_workers else workers
+    )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -103,6 +123,76 @@ async def _bootstrap_key(db: Database, credits: int) -> accounts.IssuedKey | Non
         return await accounts.create_account(
             session, plan="free", credits=credits, name="development"
         )
+
+
+@app.command()
+def worker(
+    data_dir: DataDir = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Tasks this process runs at once [default 1]")
+    ] = 1,
+    engine: Annotated[
+        str | None, typer.Option(help="Generation engine [env IMAGINE_ENGINE]")
+    ] = None,
+) -> None:
+    """Run workers only (no HTTP): claim tasks from the shared database and render them.
+
+    SIGTERM or Ctrl-C lets in-flight tasks finish (or hands them back to the queue).
+    """
+    settings = _settings(data_dir=data_dir, engine=engine)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(_run_workers(settings, concurrency))
+    except SchemaOutOfDate as exc:
+        errors.print(f"error: {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+async def _run_workers(settings: Settings, concurrency: int) -> None:
+    from imagine.runtime import WorkerPool, build_services
+
+    svc = build_services(settings)
+    try:
+        await prepare_database(svc.db, settings)
+        pool = WorkerPool(svc, concurrency)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        pool.start()
+        console.print(
+            f"Imagine worker: {concurrency} slot(s), {svc.engine.name} engine", highlight=False
+        )
+        await stop.wait()
+        console.print("stopping: finishing or releasing in-flight tasks", highlight=False)
+        await pool.stop()
+    finally:
+        await svc.db.dispose()
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    data_dir: DataDir = None,
+    revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
+) -> None:
+    """Apply schema migrations to the configured database."""
+    settings = _settings(data_dir=data_dir)
+
+    async def action(db: Database) -> str | None:
+        await schema.upgrade(db, revision)
+        return await schema.current_revision(db)
+
+    console.print(f"database schema at revision {_with_db(settings, action, prepare=False)}")
+
+
+@db_app.command("current")
+def db_current(data_dir: DataDir = None) -> None:
+    """Show the database's schema revision and the one this version needs."""
+    settings = _settings(data_dir=data_dir)
+    current = _with_db(settings, schema.current_revision, prepare=False)
+    console.print(f"database: {current or 'empty'} · needed: {schema.head_revision()}")
 
 
 @keys_app.command("create")

@@ -17,13 +17,12 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
-
-from imagine.db.models import Base
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -55,9 +54,11 @@ class Database:
         async with self._write() as session, session.begin():
             yield session
 
-    async def create_schema(self) -> None:
-        async with self._write_engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+    @asynccontextmanager
+    async def migration_connection(self) -> AsyncIterator[AsyncConnection]:
+        """One connection in one transaction, for schema work (see `imagine.db.schema`)."""
+        async with self._write_engine.begin() as connection:
+            yield connection
 
     async def dispose(self) -> None:
         await self._read_engine.dispose()

@@ -141,13 +141,13 @@ class Worker:
             paths = await asyncio.wait_for(
                 self._generate(claimed, control, workdir), self.config.task_timeout
             )
-            keys = [self.storage.save(task_id, path) for path in paths]
+            keys = [await asyncio.to_thread(self.storage.save, task_id, path) for path in paths]
             if await queue.complete(self.db, claimed, keys):
                 log.info("%s: %s completed (attempt %d)", self.name, task_id, claimed.attempt)
             else:
                 log.warning("%s: result of %s discarded: lease lost", self.name, task_id)
                 for key in keys:
-                    self.storage.delete(key)
+                    await asyncio.to_thread(self.storage.delete, key)
         except Cancelled:
             if self._stopping.is_set() and await queue.release(self.db, claimed):
                 log.info("%s: %s handed back to the queue at shutdown", self.name, task_id)

@@ -1,0 +1,24 @@
+"""Where finished videos are kept: a local directory or S3-compatible storage."""
+
+from __future__ import annotations
+
+from imagine.settings import Settings
+from imagine.storage.base import Storage
+from imagine.storage.local import LocalStorage, load_or_create_secret
+
+
+def create_storage(settings: Settings) -> Storage:
+    """The storage backend the settings ask for (local by default)."""
+    if settings.storage_url:
+        from imagine.storage.s3 import S3Storage
+
+        return S3Storage(
+            settings.storage_url,
+            ttl_seconds=settings.file_url_ttl_seconds,
+            public_base_url=settings.storage_public_url,
+        )
+    secret = load_or_create_secret(settings.data_dir, settings.secret_key)
+    return LocalStorage(settings.files_dir, secret, settings.file_url_ttl_seconds)
+
+
+__all__ = ["LocalStorage", "Storage", "create_storage"]

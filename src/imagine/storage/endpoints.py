@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 
 from imagine.api.services import Services, services
 from imagine.errors import NotFound
+from imagine.storage.local import LocalStorage
 
 router = APIRouter(tags=["files"])
 
@@ -20,7 +21,8 @@ async def download(
     expires: Annotated[int, Query()] = 0,
     signature: Annotated[str, Query()] = "",
 ) -> FileResponse:
-    path = svc.storage.verify(key, expires, signature)
+    storage = svc.storage
+    path = storage.verify(key, expires, signature) if isinstance(storage, LocalStorage) else None
     if path is None:
         raise NotFound("File not found or link expired")
     return FileResponse(path, media_type="video/mp4", headers={"Cache-Control": "private"})

@@ -1,0 +1,57 @@
+"""Videos in S3-compatible object storage (AWS S3, MinIO, Cloudflare R2, …).
+
+Endpoint, region and credentials come from the usual AWS settings
+(`AWS_ENDPOINT_URL`, `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`, …), so the
+same configuration works for every provider. Clients get presigned URLs that
+expire, or plain URLs on a public/CDN base when one is configured.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+
+class S3Storage:
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_seconds: int,
+        public_base_url: str | None = None,
+        client: Any = None,
+    ) -> None:
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._ttl = ttl_seconds
+        self._public = public_base_url.rstrip("/") if public_base_url else None
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            client = boto3.client(
+                "s3", config=Config(signature_version="s3v4", retries={"mode": "standard"})
+            )
+        self._client = client
+
+    def save(self, task_id: str, source: Path) -> str:
+        name = f"{task_id}/{secrets.token_urlsafe(12)}{source.suffix}"
+        key = f"{self.prefix}/{name}" if self.prefix else name
+        self._client.upload_file(
+            str(source), self.bucket, key, ExtraArgs={"ContentType": "video/mp4"}
+        )
+        return key
+
+    def delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def url(self, key: str, base_url: str) -> str:
+        if self._public:
+            return f"{self._public}/{quote(key)}"
+        url: str = self._client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self._ttl
+        )
+        return url
