@@ -22,6 +22,8 @@ from imagine.settings import Settings, load_settings
 
 from databases import PostgresDatabases
 from helpers import run_db
+from objectstore import S3Server, run_s3_server
+from processes import ImagineProcess
 
 
 @dataclass
@@ -87,6 +89,28 @@ def postgres() -> Iterator[PostgresDatabases]:
     databases = PostgresDatabases()
     yield databases
     databases.close()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ImagineProcess]]:
+    """Every `imagine` process a test appends here is stopped when the test ends."""
+    started: list[ImagineProcess] = []
+    yield started
+    for proc in started:
+        proc.terminate()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    yield from run_s3_server()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """Point this process's AWS settings at the loopback S3 server."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -54,11 +54,16 @@ class PostgresDatabases:
         self._template_ready = False
         self._created: list[str] = []
 
-    def create(self) -> str:
+    def create(self, *, migrated: bool = True) -> str:
+        """A new database: migrated (from the template), or empty."""
+        name = f"imagine_test_{secrets.token_hex(6)}"
+        if not migrated:
+            asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+            self._created.append(name)
+            return _sqlalchemy_url(name)
         if not self._template_ready:
             asyncio.run(_create_template())
             self._template_ready = True
-        name = f"imagine_test_{secrets.token_hex(6)}"
         asyncio.run(_admin(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}"'))
         self._created.append(name)
         return _sqlalchemy_url(name)

@@ -5,80 +5,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from helpers import wait_for_task
-
-IMAGINE = [sys.executable, "-m", "imagine"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServeProcess:
-    def __init__(self, data_dir: Path, port: int, **env: str) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = data_dir.parent / f"serve-{port}-{time.monotonic_ns()}.log"
-        environment = {**os.environ, "IMAGINE_LEASE_SECONDS": "2", "IMAGINE_POLL_INTERVAL": "0.1"}
-        environment.update(env)
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [*IMAGINE, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=environment,
-            )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"serve did not start:\n{self.output()}")
-            time.sleep(0.1)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def terminate(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServeProcess]]:
-    started: list[ServeProcess] = []
-    yield started
-    for proc in started:
-        proc.terminate()
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*IMAGINE, *args], capture_output=True, text=True, timeout=60)
+from processes import IMAGINE, ImagineProcess, ServeProcess, cli
 
 
 def ledger_kinds(data_dir: Path, task_id: str) -> list[str]:
@@ -88,10 +24,10 @@ def ledger_kinds(data_dir: Path, task_id: str) -> list[str]:
 
 
 def test_first_start_prints_a_development_key_once(
-    tmp_path: Path, processes: list[ServeProcess]
+    tmp_path: Path, processes: list[ImagineProcess]
 ) -> None:
     data_dir = tmp_path / "data"
-    first = ServeProcess(data_dir, free_port())
+    first = ServeProcess(data_dir)
     processes.append(first)
     match = re.search(r"API key \(shown once, keep it\): (imk_\w+)", first.output())
     assert match, first.output()
@@ -103,7 +39,7 @@ def test_first_start_prints_a_development_key_once(
         assert wait_for_task(client, task_id)["status"] == "completed"
     first.terminate()
 
-    second = ServeProcess(data_dir, free_port())
+    second = ServeProcess(data_dir)
     processes.append(second)
     assert "imk_" not in second.output()
     listed = [
@@ -116,7 +52,7 @@ def test_first_start_prints_a_development_key_once(
 
 
 def test_sigkill_mid_task_then_restart_completes_once_charged_once(
-    tmp_path: Path, processes: list[ServeProcess]
+    tmp_path: Path, processes: list[ImagineProcess]
 ) -> None:
     data_dir = tmp_path / "data"
     created = cli(
@@ -126,7 +62,7 @@ def test_sigkill_mid_task_then_restart_completes_once_charged_once(
     issued: dict[str, Any] = json.loads(created.stdout)
     headers = {"Authorization": f"Bearer {issued['key']}"}
 
-    first = ServeProcess(data_dir, free_port())
+    first = ServeProcess(data_dir)
     processes.append(first)
     with httpx.Client(base_url=first.url, headers=headers) as client:
         task_id = client.post(
@@ -142,7 +78,7 @@ def test_sigkill_mid_task_then_restart_completes_once_charged_once(
             time.sleep(0.01)
     first.kill()
 
-    second = ServeProcess(data_dir, free_port())
+    second = ServeProcess(data_dir)
     processes.append(second)
     with httpx.Client(base_url=second.url, headers=headers) as client:
         data = wait_for_task(client, task_id, timeout=120)
@@ -161,10 +97,10 @@ def test_sigkill_mid_task_then_restart_completes_once_charged_once(
 
 
 def test_keys_and_credits_commands_work_while_serving(
-    tmp_path: Path, processes: list[ServeProcess]
+    tmp_path: Path, processes: list[ImagineProcess]
 ) -> None:
     data_dir = tmp_path / "data"
-    serving = ServeProcess(data_dir, free_port())
+    serving = ServeProcess(data_dir)
     processes.append(serving)
     created = json.loads(
         cli(

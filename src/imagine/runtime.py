@@ -52,6 +52,7 @@ class WorkerPool:
             heartbeat_seconds=settings.heartbeat_interval,
             poll_interval=settings.poll_interval,
             task_timeout=settings.task_timeout_seconds,
+            shutdown_grace=settings.shutdown_grace_seconds,
         )
         self.workers = [
             Worker(svc.db, svc.engine, svc.storage, self.fetcher, config, workdir, svc.wakeup)

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1)
     poll_interval: float = Field(default=0.5, gt=0)
     task_timeout_seconds: float = Field(default=1800.0, gt=0)
+    shutdown_grace_seconds: float = Field(
+        default=10.0, ge=0, description="On SIGTERM, how long in-flight tasks may finish."
+    )
     file_url_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
 

@@ -109,7 +109,7 @@ async def list_keys(session: AsyncSession) -> list[KeyListing]:
             created_at=k.created_at,
             revoked_at=k.revoked_at,
         )
-        for k, a in rows.tuples()
+        for k, a in rows
     ]
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +62,7 @@ class Worker:
         self.config = config
         self.workdir = workdir
         self.wakeup = wakeup or asyncio.Event()
-        self.name = name or f"worker-{secrets.token_hex(4)}"
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._stopping = asyncio.Event()
         self._current: JobControl | None = None
 

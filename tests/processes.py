@@ -1,0 +1,109 @@
+"""Real `imagine` processes for tests: servers and workers, started and killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+IMAGINE = [sys.executable, "-m", "imagine"]
+FAST_QUEUE = {"IMAGINE_LEASE_SECONDS": "2", "IMAGINE_POLL_INTERVAL": "0.1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*IMAGINE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+class ImagineProcess:
+    """`imagine <args>` in the background, its output in a log file next to the data."""
+
+    def __init__(self, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log = log_dir / f"{args[0]}-{time.monotonic_ns()}.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [*IMAGINE, *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **FAST_QUEUE, **(env or {})},
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_output(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"never printed {text!r}:\n{self.output()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+
+class ServeProcess(ImagineProcess):
+    """`imagine serve` on a free port, returned once `/healthz` answers."""
+
+    def __init__(
+        self, data_dir: Path, *extra: str, env: dict[str, str] | None = None, port: int = 0
+    ) -> None:
+        port = port or free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        super().__init__(
+            ["serve", "--port", str(port), "--data-dir", str(data_dir), *extra],
+            data_dir.parent / "logs",
+            env,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serve did not start:\n{self.output()}")
+            time.sleep(0.1)
+
+
+class WorkerProcess(ImagineProcess):
+    """`imagine worker`, returned once it reports its slots."""
+
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(
+            ["worker", "--data-dir", str(data_dir), *extra], data_dir.parent / "logs", env
+        )
+        self.wait_for_output("Imagine worker:")
