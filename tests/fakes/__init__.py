@@ -1,0 +1,1 @@
+"""Stand-ins for services tests cannot reach, built from the real protocols."""
