@@ -1,0 +1,144 @@
+"""Small HTTP servers on loopback that stand in for the world around the Imagine server.
+
+`serve_files` is an image host; `FaultProxy` sits in front of a real Imagine
+server and misbehaves on cue (a 429, a lost answer), so client behaviour under
+faults is tested against the real service rather than a mock of it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+    def reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@contextmanager
+def serve_files(files: dict[str, tuple[str, bytes]]) -> Iterator[str]:
+    """Serve `{path: (content type, bytes)}`; yields the base URL."""
+
+    class Handler(_Quiet):
+        def do_GET(self) -> None:
+            found = files.get(self.path)
+            if found is None:
+                self.reply(404, b"not found")
+                return
+            self.reply(200, found[1], {"Content-Type": found[0]})
+
+    with _serving(Handler) as url:
+        yield url
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Answer this instead of the server; with `forward`, only after the server handled it."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    forward: bool = False
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    status: int = 0
+
+
+Rule = Callable[[Seen, int], Reply | None]  # (request, its 0-based number) -> fault or None
+
+
+class FaultProxy:
+    """Forwards to `upstream` unless `rule` says otherwise; records what it saw."""
+
+    def __init__(self, upstream: str, rule: Rule) -> None:
+        self.upstream = upstream
+        self.rule = rule
+        self.seen: list[Seen] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def running(self) -> Iterator[str]:
+        proxy = self
+        forwarder = httpx.Client(base_url=self.upstream, timeout=30)
+
+        class Handler(_Quiet):
+            def do_GET(self) -> None:
+                self.handle_any()
+
+            def do_POST(self) -> None:
+                self.handle_any()
+
+            def handle_any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                seen = Seen(self.command, self.path, dict(self.headers.items()))
+                with proxy._lock:
+                    number = len(proxy.seen)
+                    proxy.seen.append(seen)
+                fault = proxy.rule(seen, number)
+                if fault is not None and not fault.forward:
+                    seen.status = fault.status
+                    self.reply(fault.status, fault.body, fault.headers)
+                    return
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")
+                }
+                answer = forwarder.request(self.command, self.path, content=body, headers=headers)
+                if fault is not None:
+                    seen.status = fault.status
+                    self.reply(fault.status, fault.body, fault.headers)
+                    return
+                seen.status = answer.status_code
+                kept = {
+                    k: v
+                    for k, v in answer.headers.items()
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection")
+                }
+                self.reply(answer.status_code, answer.content, kept)
+
+        try:
+            with _serving(Handler) as url:
+                yield url
+        finally:
+            forwarder.close()
+
+
+def envelope(status: int, error: str, message: str) -> bytes:
+    """An error body exactly as the contract writes it."""
+    return json.dumps({"code": status, "message": message, "error": error}).encode()
