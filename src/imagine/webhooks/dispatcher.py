@@ -1,0 +1,256 @@
+"""Delivers due webhook events: signed POSTs under the SSRF rules, retried with back-off.
+
+One `Dispatcher` runs next to the workers of a process (see `runtime.WorkerPool`).
+It polls the outbox, claims due events with a lease, and delivers each in
+its own asyncio task, at most `webhook_concurrency` at once and each under
+`webhook_timeout_seconds` (DNS, connect, send and the answer's status line),
+so a slow or dead receiver holds one slot for a bounded time and never the
+workers or other deliveries. The outcome of every attempt is recorded; the
+event is then delivered, due again after the next delay of
+`webhook_retry_delays`, or failed.
+
+What counts: a 2xx answer is success. Timeouts, connection and DNS errors,
+5xx, 408, 429 and 3xx (redirects are never followed) are retried; any other
+4xx, and a URL or address the SSRF policy refuses, fail the event at once.
+The payload is built at delivery time from the task as it is then, and
+signed with the account's secret as it is then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from imagine import __version__
+from imagine.db.database import Database
+from imagine.db.models import Account, Task
+from imagine.ids import utcnow
+from imagine.media.netguard import (
+    Resolver,
+    UnsafeURL,
+    check_target,
+    default_resolver,
+    guarded_transport,
+    resolve_checked,
+    send_pinned,
+)
+from imagine.settings import Settings
+from imagine.storage.base import Storage
+from imagine.tasks.service import isoformat, status_view
+from imagine.webhooks import repository
+from imagine.webhooks.repository import AttemptResult, ClaimedEvent
+from imagine.webhooks.signing import signed_headers
+
+log = logging.getLogger("imagine.webhooks")
+
+_RETRYABLE_4XX = frozenset({408, 429})
+
+
+def build_payload(event_type: str, occurred_at: datetime, data: dict[str, Any]) -> bytes:
+    """The body of a delivery: `{"type", "timestamp", "data"}` (Standard Webhooks' shape)."""
+    payload = {"type": event_type, "timestamp": isoformat(occurred_at), "data": data}
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+
+def classify(status_code: int, location: str | None = None) -> AttemptResult:
+    """Success, worth retrying, or refused for good, from the receiver's HTTP status."""
+    if 200 <= status_code < 300:
+        return AttemptResult(status_code, None, retryable=False)
+    if 300 <= status_code < 400:
+        where = repr(location[:200]) if location else "nowhere"
+        return AttemptResult(status_code, f"redirect to {where} not followed", retryable=True)
+    if 400 <= status_code < 500 and status_code not in _RETRYABLE_4XX:
+        return AttemptResult(status_code, None, retryable=False)
+    return AttemptResult(status_code, None, retryable=True)
+
+
+class Dispatcher:
+    """Claims due events and delivers them concurrently until `stop()`."""
+
+    def __init__(
+        self,
+        db: Database,
+        storage: Storage,
+        settings: Settings,
+        *,
+        resolver: Resolver | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.db = db
+        self.storage = storage
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}-hooks"
+        self._allow_private = settings.allow_private_urls
+        self._resolver: Resolver = resolver or default_resolver
+        self._timeout = settings.webhook_timeout_seconds
+        self._delays = settings.webhook_retry_delays
+        self._concurrency = settings.webhook_concurrency
+        self._poll = settings.poll_interval
+        self._grace = min(settings.shutdown_grace_seconds, self._timeout)
+        # Longer than any attempt plus recording it, so a live dispatcher keeps
+        # its events; a dead one's come back after this.
+        self._lease = 2 * self._timeout + 10
+        self._base_url = settings.public_url or f"http://{settings.host}:{settings.port}"
+        self._transport: httpx.AsyncHTTPTransport | None = None
+        self._inflight: dict[asyncio.Task[None], ClaimedEvent] = {}
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until `stop()`, then let in-flight deliveries finish briefly and
+        hand back the rest (due again at once, the attempt not counted)."""
+        try:
+            while not self._stopping.is_set():
+                self._wake.clear()
+                try:
+                    claimed = await self.dispatch_due()
+                except Exception:
+                    log.exception("%s: outbox access failed", self.name)
+                    claimed = 0
+                if claimed and len(self._inflight) < self._concurrency:
+                    continue  # more may be due right now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+        finally:
+            await self._drain()
+
+    async def dispatch_due(self) -> int:
+        """Claim what fits under the concurrency cap and start delivering it."""
+        room = self._concurrency - len(self._inflight)
+        if room <= 0 or not await repository.has_due(self.db):
+            return 0
+        events = await repository.claim_due(self.db, room, self._lease)
+        for event in events:
+            task = asyncio.create_task(self.deliver(event), name=f"webhook {event.id}")
+            self._inflight[task] = event
+            task.add_done_callback(self._finished)
+        return len(events)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        self._wake.set()  # a slot is free
+
+    async def _drain(self) -> None:
+        pending = dict(self._inflight)
+        if pending:
+            _, unfinished = await asyncio.wait(pending, timeout=self._grace)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            for task in unfinished:
+                with contextlib.suppress(Exception):
+                    await repository.release(self.db, pending[task])
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
+
+    async def deliver(self, event: ClaimedEvent) -> None:
+        """One attempt at a claimed event, its outcome recorded (never raises but on cancel)."""
+        attempted_at = utcnow()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await self.attempt(event)
+        except TimeoutError:
+            result = AttemptResult(None, f"timed out after {self._timeout:g}s", retryable=True)
+        except Exception as exc:
+            log.exception("%s: delivering %s failed unexpectedly", self.name, event.id)
+            result = AttemptResult(None, f"internal error: {type(exc).__name__}", retryable=True)
+        duration_ms = round((time.monotonic() - started) * 1000)
+        try:
+            status = await repository.record_attempt(
+                self.db,
+                event,
+                result,
+                attempted_at=attempted_at,
+                duration_ms=duration_ms,
+                retry_delays=self._delays,
+            )
+        except Exception:
+            # The lease runs out and the event is tried again: at least once.
+            log.exception("%s: recording the attempt of %s failed", self.name, event.id)
+            return
+        if status == repository.FAILED:
+            log.warning(
+                "webhook %s for %s failed for good after %d attempt(s): %s",
+                event.id,
+                event.task_id,
+                event.attempt,
+                result.error or f"HTTP {result.status_code}",
+            )
+
+    async def attempt(self, event: ClaimedEvent) -> AttemptResult:
+        """One try: build and sign the payload, check the target, POST it."""
+        async with self.db.read() as session:
+            row = (
+                await session.execute(
+                    select(Task, Account.webhook_secret)
+                    .join(Account, Account.id == Task.account_id)
+                    .where(Task.id == event.task_id)
+                )
+            ).first()
+        task, secret = (row[0], row[1]) if row is not None else (None, None)
+        if task is None or not task.callback_url:
+            return AttemptResult(None, "the task has no callback_url", retryable=False)
+        if not secret:
+            # Never deliver unsigned: the receiver could not tell it from a forgery.
+            return AttemptResult(None, "the account has no webhook signing secret", False)
+        try:
+            target = check_target(task.callback_url, allow_private=self._allow_private)
+        except UnsafeURL as exc:
+            return AttemptResult(None, f"refused: {exc}", retryable=False)
+        try:
+            addresses = await resolve_checked(
+                target, resolver=self._resolver, allow_private=self._allow_private
+            )
+        except UnsafeURL as exc:
+            return AttemptResult(None, f"refused: {exc}", retryable=False)
+        except OSError as exc:
+            return AttemptResult(None, f"cannot resolve {target.host!r}: {exc}", True)
+
+        data = status_view(task, lambda key: self.storage.url(key, self._base_url))
+        body = build_payload(event.event_type, event.created_at, data)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"Imagine-Webhooks/{__version__}",
+            **signed_headers(secret, event.id, int(time.time()), body),
+        }
+        try:
+            response = await send_pinned(
+                self._http(),
+                "POST",
+                target,
+                addresses,
+                headers=headers,
+                io_timeout=self._timeout,
+                content=body,
+            )
+        except UnsafeURL as exc:
+            return AttemptResult(None, f"refused: {exc}", retryable=False)
+        except httpx.TimeoutException as exc:
+            return AttemptResult(None, f"timed out: {type(exc).__name__}", retryable=True)
+        except httpx.TransportError as exc:
+            return AttemptResult(None, f"connection error: {exc}", retryable=True)
+        try:
+            return classify(response.status_code, response.headers.get("location"))
+        finally:
+            await response.aclose()
+
+    def _http(self) -> httpx.AsyncHTTPTransport:
+        if self._transport is None:
+            self._transport = guarded_transport(max_connections=self._concurrency)
+        return self._transport

@@ -1,0 +1,92 @@
+"""Per-account signing secrets, and a task's delivery history as its owner sees it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from imagine.db.database import Database
+from imagine.db.models import Account
+from imagine.errors import InvalidRequest
+from imagine.tasks.service import isoformat
+from imagine.webhooks import repository
+from imagine.webhooks.signing import new_secret
+
+
+class UnknownAccount(LookupError):
+    """No account has that id."""
+
+
+class SecretExists(Exception):
+    """The account already has a signing secret and replacing it was not asked for."""
+
+
+async def create_secret(session: AsyncSession, account_id: str, *, rotate: bool) -> str:
+    """Give the account a new signing secret and return it (the only time it is shown).
+
+    Without `rotate`, an existing secret is kept and `SecretExists` raised, so an
+    operator cannot break a working receiver by accident. The conditional
+    UPDATE makes two concurrent first calls produce one secret.
+    """
+    secret = new_secret()
+    condition = Account.id == account_id
+    if not rotate:
+        condition = condition & Account.webhook_secret.is_(None)
+    result = await session.execute(
+        update(Account)
+        .where(condition)
+        .values(webhook_secret=secret)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0):
+        return secret
+    if await session.scalar(select(Account.id).where(Account.id == account_id)) is None:
+        raise UnknownAccount(account_id)
+    raise SecretExists(account_id)
+
+
+async def require_signing_secret(db: Database, account_id: str) -> None:
+    """Refuse a `callback_url` from an account that cannot sign, so nothing is ever
+    delivered unsigned or with a signature its receiver could not check."""
+    async with db.read() as session:
+        secret = await session.scalar(
+            select(Account.webhook_secret).where(Account.id == account_id)
+        )
+    if not secret:
+        raise InvalidRequest(
+            f"The callback_url parameter needs a webhook signing secret for account "
+            f"{account_id}; an operator creates one with `imagine webhooks secret {account_id}`"
+        )
+
+
+def _when(moment: Any) -> str | None:
+    return None if moment is None else isoformat(moment)
+
+
+async def deliveries(db: Database, task_id: str) -> list[dict[str, Any]]:
+    """Each webhook event of the task with every attempt (the caller checked ownership)."""
+    return [
+        {
+            "webhook_id": event.id,
+            "type": event.event_type,
+            "status": event.status,
+            "attempt_count": event.attempts,
+            "created_at": isoformat(event.created_at),
+            "next_attempt_at": (
+                _when(event.next_attempt_at) if event.status == repository.PENDING else None
+            ),
+            "delivered_at": _when(event.delivered_at),
+            "attempts": [
+                {
+                    "attempted_at": isoformat(attempt.attempted_at),
+                    "status_code": attempt.status_code,
+                    "error": attempt.error,
+                    "duration_ms": attempt.duration_ms,
+                }
+                for attempt in attempts
+            ],
+        }
+        for event, attempts in await repository.events_for_task(db, task_id)
+    ]
