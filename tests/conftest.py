@@ -117,7 +117,7 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Each test that uses a server runs once on SQLite and once on PostgreSQL."""
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'imagine.db'}"
+        yield ""  # each server's own SQLite file in its data dir
         return
     databases: PostgresDatabases = request.getfixturevalue("postgres")
     url = databases.create()
@@ -130,7 +130,7 @@ def server_factory(tmp_path: Path, database_url: str) -> Iterator[Any]:
     started: list[RunningServer] = []
 
     def factory(**overrides: Any) -> RunningServer:
-        overrides.setdefault("database_url", database_url)
+        overrides.setdefault("database_url", database_url or None)
         data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
         configure_app = overrides.pop("configure_app", None)
         running = start_server(make_settings(data_dir, **overrides), configure_app)

@@ -69,7 +69,7 @@ async def test_expired_lease_goes_back_and_stale_result_is_rejected(db: Database
     fresh = await queue.claim(db, "b", lease_seconds=30)
     assert fresh is not None and fresh.task_id == task_id and fresh.attempt == 2
 
-    assert not await queue.heartbeat(db, stale, 30, 50)
+    assert not (await queue.heartbeat(db, stale, 30, 50)).alive
     assert not await queue.complete(db, stale, ["stale.mp4"])
     assert await queue.complete(db, fresh, ["fresh.mp4"])
     row = await task_row(db, task_id)

@@ -27,7 +27,7 @@ from objectstore import S3Server
 from processes import ImagineProcess, ServeProcess, WorkerProcess, cli
 
 
-def test_migrations_build_exactly_the_models_schema(database_url: str) -> None:
+def test_migrations_build_exactly_the_models_schema(database_url: str, tmp_path: Path) -> None:
     async def diff(db: Database) -> list[Any]:
         await schema.upgrade(db)
         async with db.migration_connection() as conn:
@@ -35,7 +35,7 @@ def test_migrations_build_exactly_the_models_schema(database_url: str) -> None:
                 lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
             )
 
-    settings = load_settings(database_url=database_url)
+    settings = load_settings(database_url=database_url or None, data_dir=tmp_path)
     assert run_db(settings, diff) == []
 
 
@@ -47,10 +47,8 @@ def test_server_refuses_an_out_of_date_schema_unless_told_to_upgrade(
 
         async def empty(db: Database) -> None:
             async with db.migration_connection() as conn:
-                await conn.exec_driver_sql(
-                    "DROP TABLE idempotency_keys, tasks, ledger, api_keys, accounts, "
-                    "alembic_version"
-                )
+                await conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+                await conn.exec_driver_sql("CREATE SCHEMA public")
 
         settings = load_settings(database_url=url, data_dir=tmp_path)
         run_db(settings, empty)

@@ -11,14 +11,16 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from imagine import __version__
+from imagine.accounts import endpoints as account
 from imagine.accounts import service as accounts
 from imagine.accounts.service import Principal
-from imagine.api.envelope import install_error_handlers, success
+from imagine.api.envelope import document_errors_as_envelopes, install_error_handlers, success
 from imagine.api.gate import V1Gate
 from imagine.runtime import WorkerPool, build_services, prepare_database
 from imagine.settings import Settings
 from imagine.storage import endpoints as files
 from imagine.tasks import endpoints as tasks
+from imagine.webhooks import endpoints as webhooks
 
 log = logging.getLogger("imagine")
 
@@ -45,7 +47,10 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.services = svc
     install_error_handlers(app)
+    document_errors_as_envelopes(app)
     app.include_router(tasks.router)
+    app.include_router(account.router)
+    app.include_router(webhooks.router)
     app.include_router(files.router)
 
     @app.get("/healthz", tags=["ops"])
@@ -55,8 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
         return success({"status": "ok", "engine": svc.engine.name, "version": __version__})
 
     async def authenticate(key: str) -> Principal | None:
-        async with svc.db.read() as session:
-            return await accounts.authenticate(session, key)
+        return await accounts.authenticate(svc.db, key)
 
     app.add_middleware(
         V1Gate,

@@ -45,6 +45,10 @@ class Conflict(ApiError):
     status, error = 409, "IDEMPOTENCY_CONFLICT"
 
 
+class TaskFinished(ApiError):
+    status, error = 409, "TASK_FINISHED"
+
+
 class PayloadTooLarge(ApiError):
     status, error = 413, "PAYLOAD_TOO_LARGE"
 

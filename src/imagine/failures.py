@@ -17,6 +17,15 @@ class FailureReason(enum.StrEnum):
     NETWORK = "Network error, please try again later."
 
 
+# Failures a test key may force with `Imagine-Test-Outcome` (besides "completed").
+TEST_OUTCOMES: dict[str, FailureReason] = {
+    "moderation": FailureReason.INAPPROPRIATE,
+    "network": FailureReason.NETWORK,
+    "file-type": FailureReason.FILE_TYPE,
+    "build-failed": FailureReason.BUILD_FAILED,
+}
+
+
 class TaskFailure(Exception):
     """A task cannot produce its video.
 

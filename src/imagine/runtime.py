@@ -12,20 +12,25 @@ from imagine.api.ratelimit import RateLimiter
 from imagine.api.services import Services
 from imagine.db.database import Database
 from imagine.db.schema import ensure_current
+from imagine.engines.preview import PreviewEngine
 from imagine.engines.registry import create_engine
 from imagine.media.fetch import ImageFetcher
 from imagine.queue.worker import Worker, WorkerConfig
 from imagine.settings import Settings
 from imagine.storage import create_storage
+from imagine.webhooks.dispatcher import Dispatcher
 
 
 def build_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings)
     return Services(
         settings=settings,
         db=Database(settings.resolved_database_url),
         storage=create_storage(settings),
-        engine=create_engine(settings),
+        engine=engine,
+        # Test keys' tasks always run on the preview engine, whatever serves live keys.
+        test_engine=engine if engine.name == "preview" else PreviewEngine(),
         limiter=RateLimiter.from_url(settings.redis_url),
     )
 
@@ -36,7 +41,9 @@ async def prepare_database(db: Database, settings: Settings) -> None:
 
 
 class WorkerPool:
-    """N workers sharing one engine, storage and image fetcher."""
+    """N workers sharing one engine, storage and image fetcher, and the webhook
+    dispatcher (which runs wherever workers run, so an API-only process makes
+    no outbound connections)."""
 
     def __init__(self, svc: Services, count: int) -> None:
         settings = svc.settings
@@ -54,19 +61,42 @@ class WorkerPool:
             task_timeout=settings.task_timeout_seconds,
             shutdown_grace=settings.shutdown_grace_seconds,
         )
+        extra = {svc.test_engine.name: svc.test_engine}
         self.workers = [
-            Worker(svc.db, svc.engine, svc.storage, self.fetcher, config, workdir, svc.wakeup)
+            Worker(
+                svc.db,
+                svc.engine,
+                svc.storage,
+                self.fetcher,
+                config,
+                workdir,
+                svc.wakeup,
+                extra_engines=extra,
+            )
             for _ in range(count)
         ]
+        self.dispatcher = Dispatcher(svc.db, svc.storage, settings) if count else None
         self._running: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
+        if self.workers:
+            # An engine's heavy start-up (model weights, warm-up) happens before the
+            # first claim, and only in processes that run workers.
+            prepare = getattr(self.workers[0].engine, "prepare", None)
+            if prepare is not None:
+                prepare()
         self._running = [asyncio.create_task(w.run(), name=w.name) for w in self.workers]
+        if self.dispatcher is not None:
+            self._running.append(
+                asyncio.create_task(self.dispatcher.run(), name=self.dispatcher.name)
+            )
 
     async def stop(self) -> None:
-        """Finish or release in-flight tasks, then close shared clients."""
+        """Finish or release in-flight tasks and deliveries, then close shared clients."""
         for worker in self.workers:
             worker.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self.fetcher.aclose()
 

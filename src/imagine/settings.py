@@ -7,10 +7,18 @@ process with a message naming the variable, instead of failing later.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import pydantic_settings
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Plan = Literal["free", "pro", "enterprise"]
 PLANS: tuple[Plan, ...] = ("free", "pro", "enterprise")
@@ -40,14 +48,17 @@ class Settings(BaseSettings):
     )
 
     workers: int = Field(default=1, ge=0, le=64, description="In-process workers.")
-    engine: Literal["preview"] = "preview"
+    engine: Literal["preview", "xai", "diffusers", "auto"] = Field(
+        default="preview",
+        description="preview | xai | diffusers | auto (xai when XAI_API_KEY is set, else preview).",
+    )
 
     cost_per_generation: int = Field(default=40, ge=0)
     starter_credits: int = Field(default=1000, ge=0)
     rate_limit_free: int = Field(default=100, ge=1)
     rate_limit_pro: int = Field(default=1000, ge=1)
     rate_limit_enterprise: int = Field(default=5000, ge=1)
-    enabled_modes: tuple[str, ...] = MODES
+    enabled_modes: Annotated[tuple[str, ...], NoDecode] = MODES
 
     max_body_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     max_prompt_chars: int = Field(default=5000, ge=1)
@@ -69,6 +80,19 @@ class Settings(BaseSettings):
     )
     file_url_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+
+    # Webhook delivery (docs/webhooks.md).
+    webhook_retry_delays: Annotated[tuple[float, ...], NoDecode] = Field(
+        default=(5, 30, 120, 600, 1800, 3600, 10800, 21600, 43200),
+        description="Seconds to wait before each retry of a failed delivery, comma-separated; "
+        "the default spans about 23 hours (10 attempts). Empty: no retries.",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Time limit of one delivery attempt, DNS included."
+    )
+    webhook_concurrency: int = Field(
+        default=16, ge=1, le=1000, description="Deliveries in flight at once per process."
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -93,6 +117,157 @@ class Settings(BaseSettings):
         default=None,
         description="Public/CDN base URL for stored files instead of presigned URLs.",
     )
+
+    # --- Per-engine prices and the xai engine (docs/engines/xai.md) ----------
+    cost_preview: int | None = Field(
+        default=None, ge=0, description="Credits per preview task; default: cost_per_generation."
+    )
+    cost_xai: int | None = Field(
+        default=None, ge=0, description="Credits per xai task; default: cost_per_generation."
+    )
+    xai_api_key: SecretStr | None = Field(
+        default=None,
+        # xAI's own variable, without our prefix, as the SDK and its docs name it.
+        validation_alias=AliasChoices("XAI_API_KEY", "xai_api_key"),
+        description="xAI API key (environment variable XAI_API_KEY).",
+    )
+    xai_api_host: str = Field(
+        default="api.x.ai", description="gRPC target host[:port] of xAI's API, not a URL."
+    )
+    xai_insecure: bool = Field(
+        default=False, description="Plaintext gRPC (tests, local proxies); never for api.x.ai."
+    )
+    xai_model: str = Field(default="grok-imagine-video", min_length=1)
+    xai_timeout_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="Longest one job may take upstream (start to downloaded file); "
+        "must be below task_timeout_seconds.",
+    )
+    xai_rpc_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="Time limit of one gRPC call or download read."
+    )
+    xai_poll_interval: float = Field(default=1.0, gt=0, description="First wait between polls.")
+    xai_poll_max_interval: float = Field(
+        default=5.0, gt=0, description="Back-off ceiling between polls."
+    )
+    xai_poll_retries: int = Field(
+        default=20, ge=0, description="Consecutive failed polls tolerated before giving up."
+    )
+
+    @field_validator("xai_api_host")
+    @classmethod
+    def _grpc_target(cls, value: str) -> str:
+        if "://" in value or "/" in value or not value.strip():
+            raise ValueError("must be a gRPC target like api.x.ai or host:port, not a URL")
+        return value.strip()
+
+    @field_validator("xai_timeout_seconds")
+    @classmethod
+    def _xai_within_task_limit(cls, value: float, info: ValidationInfo) -> float:
+        task_limit = info.data.get("task_timeout_seconds")
+        engine = info.data.get("engine")
+        uses_xai = engine == "xai" or (engine == "auto" and bool(info.data.get("xai_api_key")))
+        if uses_xai and task_limit is not None and value >= task_limit:
+            raise ValueError(
+                f"must be below IMAGINE_TASK_TIMEOUT_SECONDS ({task_limit:g}), or the worker's "
+                "time limit ends the task first"
+            )
+        return value
+
+    def cost_for(self, engine: str) -> int:
+        """Credits a task on `engine` costs: its own price, else cost_per_generation."""
+        prices: dict[str, int | None] = {
+            "preview": self.cost_preview,
+            "xai": self.cost_xai,
+            "diffusers": self.cost_diffusers,
+        }
+        price = prices.get(engine)
+        return self.cost_per_generation if price is None else price
+
+    # --- end of per-engine block ----------------------------------------------
+
+    # --- The diffusers engine (docs/engines/diffusers.md) ---------------------
+    cost_diffusers: int | None = Field(
+        default=None, ge=0, description="Credits per diffusers task; default: cost_per_generation."
+    )
+    diffusers_model: Path | None = Field(
+        default=None, description="Local diffusers model directory (the one with model_index.json)."
+    )
+    diffusers_device: str = Field(
+        default="auto", description="auto (cuda when available, else cpu) | cuda | cuda:N | cpu."
+    )
+    diffusers_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", description="Weights' dtype; auto: bfloat16 on a GPU, float32 on CPU."
+    )
+    diffusers_memory: Literal["resident", "offload", "group-offload"] = Field(
+        default="resident",
+        description="resident: everything on the GPU; offload: model CPU offload (24 GB cards); "
+        "group-offload: layer groups streamed from CPU (least GPU memory).",
+    )
+    diffusers_vae_tiling: bool | None = Field(
+        default=None, description="Decode in tiles; default: on with the offload presets."
+    )
+    diffusers_compile: bool = Field(
+        default=False,
+        description="torch.compile the repeated transformer blocks, warmed up at start for "
+        "every allowed size and duration.",
+    )
+    diffusers_step_cache: Literal["none", "first-block", "mag"] = Field(
+        default="none", description="Skip transformer work on steps that change little."
+    )
+    diffusers_cache_threshold: float | None = Field(
+        default=None,
+        gt=0,
+        description="Step-cache threshold; default 0.05 (first-block), 0.06 (mag).",
+    )
+    diffusers_mag_ratios: Path | None = Field(
+        default=None, description="JSON list of MagCache ratios from a calibration run."
+    )
+    diffusers_attention: str | None = Field(
+        default=None, description="diffusers attention backend (native, flash, sage, …)."
+    )
+    diffusers_steps: int | None = Field(
+        default=None, ge=1, le=200, description="Denoising steps; default: the model's own."
+    )
+    diffusers_guidance_scale: float | None = Field(
+        default=None, ge=0, description="Classifier-free guidance; default: the model's own."
+    )
+    diffusers_fps: int | None = Field(
+        default=None, ge=1, le=60, description="Output frame rate; default: the model's own."
+    )
+    diffusers_size_scale: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Development only: scales the size table before it is snapped to the grid.",
+    )
+    diffusers_max_duration: int = Field(
+        default=6, ge=1, le=15, description="Longest clip in seconds."
+    )
+    diffusers_resolutions: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("480p", "720p"), description="Comma-separated resolutions served."
+    )
+    diffusers_ratios: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("1:1", "16:9", "9:16", "2:3", "3:2", "4:3", "3:4"),
+        description="Comma-separated ratios served (fewer sizes: fewer compile warm-ups).",
+    )
+
+    @field_validator("diffusers_resolutions", "diffusers_ratios", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("diffusers_attention")
+    @classmethod
+    def _offline_attention(cls, value: str | None) -> str | None:
+        if value is not None and value.strip().endswith("_hub"):
+            raise ValueError("backends ending in _hub download kernels at run time; use flash…")
+        return value.strip() if value else None
+
+    # --- end of the diffusers block -------------------------------------------
 
     @field_validator("enabled_modes", mode="before")
     @classmethod
@@ -124,6 +299,22 @@ class Settings(BaseSettings):
     def _s3_url(cls, value: str | None) -> str | None:
         if value is not None and not (value.startswith("s3://") and len(value) > len("s3://")):
             raise ValueError("must look like s3://bucket or s3://bucket/prefix")
+        return value
+
+    @field_validator("webhook_retry_delays", mode="before")
+    @classmethod
+    def _split_delays(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_retry_delays")
+    @classmethod
+    def _sane_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if len(value) > 50 or any(not 0 <= delay <= 7 * 24 * 3600 for delay in value):
+            raise ValueError(
+                "must be at most 50 comma-separated delays in seconds, each from 0 to 604800"
+            )
         return value
 
     @field_validator("redis_url")
@@ -159,6 +350,9 @@ def load_settings(**overrides: object) -> Settings:
     given = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**given)  # type: ignore[arg-type]
+    except pydantic_settings.SettingsError as exc:
+        # A complex field whose environment value is not valid JSON.
+        raise SettingsError(f"invalid configuration: {exc}") from None
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagine.accounts import keys
 from imagine.credits import ledger
+from imagine.db.database import Database
 from imagine.db.models import Account, ApiKey
 from imagine.ids import new_id, utcnow
 
@@ -22,6 +23,7 @@ class Principal:
     account_id: str
     plan: str
     key_id: str
+    is_test: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class IssuedKey:
     account_id: str
     plan: str
     credits: int
+    is_test: bool = False
 
 
 @dataclass(frozen=True)
@@ -45,22 +48,33 @@ class KeyListing:
     balance: int
     created_at: datetime
     revoked_at: datetime | None
+    is_test: bool
 
 
 async def create_account(
-    session: AsyncSession, *, plan: str, credits: int, name: str = ""
+    session: AsyncSession, *, plan: str, credits: int, name: str = "", is_test: bool = False
 ) -> IssuedKey:
     account = Account(id=new_id("acct"), name=name, plan=plan, balance=0, created_at=utcnow())
     session.add(account)
     await session.flush()
     if credits:
         await ledger.grant(session, account.id, credits, note="initial credits")
-    return await create_key(session, account.id, plan=plan, credits=credits, name=name)
+    return await create_key(
+        session, account.id, plan=plan, credits=credits, name=name, is_test=is_test
+    )
 
 
 async def create_key(
-    session: AsyncSession, account_id: str, *, plan: str, credits: int, name: str = ""
+    session: AsyncSession,
+    account_id: str,
+    *,
+    plan: str,
+    credits: int,
+    name: str = "",
+    is_test: bool = False,
 ) -> IssuedKey:
+    """A new key for an account. A test key's tasks cost nothing and run on the
+    preview engine, with an outcome the caller may force."""
     key = keys.generate_key()
     row = ApiKey(
         id=new_id("key"),
@@ -69,27 +83,35 @@ async def create_key(
         key_hash=keys.hash_key(key),
         display=keys.display_form(key),
         created_at=utcnow(),
+        is_test=is_test,
     )
     session.add(row)
     await session.flush()
-    return IssuedKey(key=key, key_id=row.id, account_id=account_id, plan=plan, credits=credits)
+    return IssuedKey(
+        key=key,
+        key_id=row.id,
+        account_id=account_id,
+        plan=plan,
+        credits=credits,
+        is_test=is_test,
+    )
 
 
-async def authenticate(session: AsyncSession, key: str) -> Principal | None:
+async def authenticate(db: Database, key: str) -> Principal | None:
     """The principal behind a bearer key, or None for a malformed, unknown or revoked one."""
     if not keys.is_well_formed(key):
         return None
     digest = keys.hash_key(key)
-    row = (
-        await session.execute(
-            select(ApiKey.id, ApiKey.key_hash, ApiKey.account_id, Account.plan)
-            .join(Account, Account.id == ApiKey.account_id)
-            .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
-        )
-    ).first()
-    if row is None or not hmac.compare_digest(row.key_hash, digest):
+    row = await db.read_one(
+        select(ApiKey.id, ApiKey.key_hash, ApiKey.account_id, ApiKey.is_test, Account.plan)
+        .join(Account, Account.id == ApiKey.account_id)
+        .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
+    )
+    if row is None or not hmac.compare_digest(row["key_hash"], digest):
         return None
-    return Principal(account_id=row.account_id, plan=row.plan, key_id=row.id)
+    return Principal(
+        account_id=row["account_id"], plan=row["plan"], key_id=row["id"], is_test=row["is_test"]
+    )
 
 
 async def list_keys(session: AsyncSession) -> list[KeyListing]:
@@ -108,6 +130,7 @@ async def list_keys(session: AsyncSession) -> list[KeyListing]:
             balance=a.balance,
             created_at=k.created_at,
             revoked_at=k.revoked_at,
+            is_test=k.is_test,
         )
         for k, a in rows
     ]

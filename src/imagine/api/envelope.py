@@ -11,6 +11,7 @@ import logging
 import secrets
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -28,12 +29,19 @@ from imagine.errors import (
 log = logging.getLogger("imagine.api")
 
 
+class FastJSONResponse(JSONResponse):
+    """JSON rendered by orjson: several times faster than the standard library."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def success(data: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"code": 200, "message": "success", "data": data}, headers=headers)
+    return FastJSONResponse({"code": 200, "message": "success", "data": data}, headers=headers)
 
 
 def error_response(exc: ApiError) -> JSONResponse:
-    return JSONResponse(
+    return FastJSONResponse(
         {"code": exc.status, "message": exc.message, "error": exc.error},
         status_code=exc.status,
         headers=exc.headers,
@@ -102,3 +110,22 @@ def install_error_handlers(app: FastAPI) -> None:
             exc_info=exc,
         )
         return error_response(InternalError(f"Internal server error (request id {request_id})"))
+
+
+def document_errors_as_envelopes(app: FastAPI) -> None:
+    """Drop FastAPI's automatic 422 responses from the OpenAPI document: this API
+    answers bad input with a 400 envelope (documented per route), never a 422."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -98,7 +98,7 @@ class V1Gate:
             await self._refuse(error, scope, receive, send)
             return
 
-        scope.setdefault("state", {})["principal"] = principal
+        scope.setdefault("state", {}).update(principal=principal, rate_limit=state)
         replayed = False
 
         async def replay() -> Message:

@@ -14,7 +14,7 @@ from imagine.db.database import Database
 from imagine.engines.base import Engine
 from imagine.settings import Settings
 from imagine.storage.base import Storage
-from imagine.tasks.service import SubmitPolicy
+from imagine.tasks.service import RecentDurations, SubmitPolicy
 
 
 @dataclass
@@ -23,14 +23,20 @@ class Services:
     db: Database
     storage: Storage
     engine: Engine
+    test_engine: Engine
     limiter: RateLimiter
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    recent_durations: RecentDurations = field(default_factory=RecentDurations)
 
-    @property
-    def submit_policy(self) -> SubmitPolicy:
+    def engine_for(self, caller: Principal) -> Engine:
+        return self.test_engine if caller.is_test else self.engine
+
+    def submit_policy(self, caller: Principal) -> SubmitPolicy:
+        """What a submit costs and where it runs; test keys pay nothing."""
+        engine = self.engine_for(caller)
         return SubmitPolicy(
-            cost=self.settings.cost_per_generation,
-            engine=self.engine.name,
+            cost=0 if caller.is_test else self.settings.cost_for(engine.name),
+            engine=engine.name,
             max_attempts=self.settings.max_attempts,
             idempotency_ttl=timedelta(seconds=self.settings.idempotency_ttl_seconds),
         )
@@ -39,10 +45,10 @@ class Services:
         return self.settings.public_url or str(request.base_url)
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-def principal(request: Request) -> Principal:
+async def principal(request: Request) -> Principal:
     """Set by `V1Gate` before any `/v1` route runs."""
     return request.state.principal  # type: ignore[no-any-return]

@@ -21,19 +21,35 @@ from imagine.db.database import Database
 from imagine.db.schema import SchemaOutOfDate
 from imagine.runtime import prepare_database
 from imagine.settings import PLANS, Settings, SettingsError, load_settings
+from imagine.webhooks import service as webhooks
 
-app = typer.Typer(help="Imagine: a self-hostable video-generation API.", no_args_is_help=True)
+# No rich markup: help texts such as "[env IMAGINE_DATA_DIR]" must print as written.
+app = typer.Typer(
+    help="Imagine: a self-hostable video-generation API.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 credits_app = typer.Typer(help="Manage account credits.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(credits_app, name="credits")
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+webhooks_app = typer.Typer(help="Webhook signing secrets.", no_args_is_help=True)
+app.add_typer(webhooks_app, name="webhooks")
 
 console = Console()
 errors = Console(stderr=True)
 T = TypeVar("T")
 
+ModelDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        help="Local diffusers model directory; implies --engine diffusers "
+        "[env IMAGINE_DIFFUSERS_MODEL]",
+    ),
+]
 DataDir = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Data directory [env IMAGINE_DATA_DIR; default ./data]"),
@@ -81,18 +97,37 @@ def serve(
     no_workers: Annotated[
         bool, typer.Option("--no-workers", help="API only; run `imagine worker` elsewhere")
     ] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="preview | xai | diffusers | auto [env IMAGINE_ENGINE; default preview]"),
+    ] = None,
+    model: ModelDir = None,
 ) -> None:
     """Run the API and its workers."""
     import uvicorn
 
     from imagine.app import create_app
+    from imagine.engines.registry import choose_engine
 
     settings = _settings(
-        host=host, port=port, data_dir=data_dir, workers=0 if no_workers else workers
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        workers=0 if no_workers else workers,
+        engine=engine or ("diffusers" if model else None),
+        diffusers_model=model,
     )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:  # a misconfigured engine stops the start before the database is touched
+        application = create_app(settings)
+        prepare = getattr(application.state.services.engine, "prepare", None)
+        if settings.workers and prepare is not None:
+            prepare()  # model weights and warm-up before serving, with a clean error
+    except SettingsError as exc:
+        errors.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     issued = _with_db(settings, lambda db: _bootstrap_key(db, settings.starter_credits))
     if issued is not None:
         console.print(
@@ -100,14 +135,15 @@ def serve(
             f"API key (shown once, keep it): [bold]{issued.key}[/bold]",
             highlight=False,
         )
+    choice = choose_engine(settings)
     console.print(
         f"Imagine serving on http://{settings.host}:{settings.port} "
-        f"with the {settings.engine} engine, {settings.workers} worker(s), "
+        f"with the {choice.name} engine ({choice.reason}), {settings.workers} worker(s), "
         f"data in {settings.data_dir.resolve()}",
         highlight=False,
     )
     uvicorn.run(
-        create_app(settings),
+        application,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -134,18 +170,23 @@ def worker(
     engine: Annotated[
         str | None, typer.Option(help="Generation engine [env IMAGINE_ENGINE]")
     ] = None,
+    model: ModelDir = None,
 ) -> None:
     """Run workers only (no HTTP): claim tasks from the shared database and render them.
 
     SIGTERM or Ctrl-C lets in-flight tasks finish (or hands them back to the queue).
     """
-    settings = _settings(data_dir=data_dir, engine=engine)
+    settings = _settings(
+        data_dir=data_dir,
+        engine=engine or ("diffusers" if model else None),
+        diffusers_model=model,
+    )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         asyncio.run(_run_workers(settings, concurrency))
-    except SchemaOutOfDate as exc:
+    except (SchemaOutOfDate, SettingsError) as exc:
         errors.print(f"error: {exc}", highlight=False)
         raise typer.Exit(2) from None
 
@@ -202,6 +243,14 @@ def keys_create(
     name: Annotated[str, typer.Option(help="A label for the account and key")] = "",
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="One line of JSON")] = False,
+    test: Annotated[
+        bool,
+        typer.Option(
+            "--test",
+            help="A test key: its tasks cost nothing, run on the preview engine, and may "
+            "force their outcome with the Imagine-Test-Outcome header",
+        ),
+    ] = False,
 ) -> None:
     """Create an account with a key, and print the key (only now)."""
     if plan not in PLANS:
@@ -211,7 +260,9 @@ def keys_create(
 
     async def action(db: Database) -> accounts.IssuedKey:
         async with db.write() as session:
-            return await accounts.create_account(session, plan=plan, credits=credits, name=name)
+            return await accounts.create_account(
+                session, plan=plan, credits=credits, name=name, is_test=test
+            )
 
     issued = _with_db(settings, action)
     if as_json:
@@ -223,6 +274,7 @@ def keys_create(
                     "account_id": issued.account_id,
                     "plan": issued.plan,
                     "credits": issued.credits,
+                    "test": issued.is_test,
                 }
             )
         )
@@ -261,6 +313,7 @@ def keys_list(
                         "balance": item.balance,
                         "created_at": item.created_at.isoformat(),
                         "revoked": item.revoked_at is not None,
+                        "test": item.is_test,
                     }
                 )
             )
@@ -275,7 +328,7 @@ def keys_list(
             item.plan,
             str(item.balance),
             item.created_at.strftime("%Y-%m-%d %H:%M"),
-            "revoked" if item.revoked_at else "active",
+            ("revoked" if item.revoked_at else "active") + (" (test)" if item.is_test else ""),
         )
     console.print(table)
 
@@ -313,3 +366,52 @@ def credits_grant(
         errors.print(f"error: no account with id {account_id}")
         raise typer.Exit(1)
     console.print(f"granted {amount} credits to {account_id}; balance {balance}")
+
+
+@webhooks_app.command("secret")
+def webhooks_secret(
+    account_id: str,
+    rotate: Annotated[
+        bool,
+        typer.Option(
+            "--rotate",
+            help="Replace the existing secret; deliveries are signed with the new one at once",
+        ),
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Create the account's webhook signing secret and print it (only now).
+
+    Tasks with a callback_url are refused until the account has one.
+    """
+    settings = _settings(data_dir=data_dir)
+
+    async def action(db: Database) -> str:
+        async with db.write() as session:
+            return await webhooks.create_secret(session, account_id, rotate=rotate)
+
+    try:
+        secret = _with_db(settings, action)
+    except webhooks.UnknownAccount:
+        errors.print(f"error: no account with id {account_id}", highlight=False)
+        raise typer.Exit(1) from None
+    except webhooks.SecretExists:
+        errors.print(
+            f"error: account {account_id} already has a webhook signing secret, and it is "
+            "never shown again; pass --rotate to replace it (receivers must switch to the "
+            "new one)",
+            highlight=False,
+        )
+        raise typer.Exit(1) from None
+    verb = "New" if rotate else "The"
+    console.print(
+        f"{verb} webhook signing secret of {account_id} (shown once, keep it):", highlight=False
+    )
+    print(secret)  # alone on its line, unwrapped, for scripts
+
+
+from imagine.cli.client_commands import register as _register_client_commands  # noqa: E402
+from imagine.cli.models import register as _register_model_commands  # noqa: E402
+
+_register_client_commands(app)
+_register_model_commands(app)

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -15,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -51,6 +53,7 @@ class Account(Base):
     plan: Mapped[str] = mapped_column(String(20))
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
 class ApiKey(Base):
@@ -63,6 +66,7 @@ class ApiKey(Base):
     display: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    is_test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class LedgerEntry(Base):
@@ -89,6 +93,8 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_queue", "status", "available_at"),
         Index("ix_tasks_lease", "status", "lease_expires_at"),
+        Index("ix_tasks_listing", "account_id", "is_test", "created_at", "id"),
+        Index("ix_tasks_finished", "status", "finished_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -111,6 +117,46 @@ class Task(Base):
     available_at: Mapped[datetime] = mapped_column(UTCDateTime())  # not claimed before
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    is_test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    test_outcome: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class WebhookEvent(Base):
+    """The outbox: a task's end, to be delivered to its `callback_url`.
+
+    Written in the same transaction that ends the task, so an ended task with
+    a callback always has its event, even if the process dies right after.
+    The id is the stable `webhook-id` across retries.
+    """
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (Index("ix_webhook_events_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    event_type: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(12))  # pending | delivering | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class WebhookAttempt(Base):
+    """One try at delivering a `WebhookEvent`: what the receiver answered, or why not."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id"), index=True)
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    duration_ms: Mapped[int] = mapped_column(Integer)
 
 
 class IdempotencyRecord(Base):

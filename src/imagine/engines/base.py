@@ -7,7 +7,7 @@ touches the database, the HTTP layer or storage: the worker owns those.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +27,13 @@ class EngineCapabilities:
     max_images: int = 7
     min_duration: int = 1
     max_duration: int = 15
+    max_duration_multi_image: int | None = None
+    """Longest duration when more than one image is given (None: `max_duration`)."""
+    sizes: Mapping[tuple[str, str], tuple[int, int]] | None = None
+    """(ratio, resolution) -> (width, height) for an engine with its own size grid;
+    pairs missing from it are refused at submit. None: the DESIGN table."""
+    fps: int = 24
+    """Frame rate of the videos the engine writes (jobs carry it as `fps`)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,12 @@ class JobControl:
 
 
 class Engine(Protocol):
-    """A video generator. Implementations live in `imagine.engines.<name>`."""
+    """A video generator. Implementations live in `imagine.engines.<name>`.
+
+    An engine may also define `prepare()`: heavy start-up work (loading model
+    weights, warm-up) that only processes running workers need. `WorkerPool`
+    calls it once before its workers claim anything; API-only processes never do.
+    """
 
     name: str
     capabilities: EngineCapabilities

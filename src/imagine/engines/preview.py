@@ -609,8 +609,10 @@ def _cover(picture: Image.Image, width: int, height: int) -> Image.Image:
     """Scale to fill width×height exactly, cropping the overflow evenly."""
     pw, ph = picture.size
     scale = max(width / pw, height / ph)
-    crop_w, crop_h = width / scale, height / scale
-    box = ((pw - crop_w) / 2, (ph - crop_h) / 2, (pw + crop_w) / 2, (ph + crop_h) / 2)
+    crop_w, crop_h = min(pw, width / scale), min(ph, height / scale)
+    # Clamped: float rounding can put an edge a hair outside the picture, which Pillow refuses.
+    left, top = max(0.0, (pw - crop_w) / 2), max(0.0, (ph - crop_h) / 2)
+    box = (left, top, min(float(pw), left + crop_w), min(float(ph), top + crop_h))
     return picture.resize((width, height), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from imagine.engines.base import Engine
-from imagine.settings import Settings
+from imagine.settings import Settings, SettingsError
 
 
 def _preview(_settings: Settings) -> Engine:
@@ -14,16 +15,59 @@ def _preview(_settings: Settings) -> Engine:
     return PreviewEngine()
 
 
+def _xai(settings: Settings) -> Engine:
+    try:
+        from imagine.engines.xai.engine import XaiConfig, XaiEngine
+    except ImportError as exc:
+        raise SettingsError(
+            f"the xai engine needs the xai-sdk package ({exc}): pip install 'imagine[xai]'"
+        ) from None
+    try:
+        return XaiEngine(XaiConfig.from_settings(settings))
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def _diffusers(settings: Settings) -> Engine:
+    from imagine.engines.diffusers.engine import create_diffusers_engine
+
+    return create_diffusers_engine(settings)
+
+
 ENGINES: dict[str, Callable[[Settings], Engine]] = {
     "preview": _preview,
+    "xai": _xai,
+    "diffusers": _diffusers,
 }
 
 
+@dataclass(frozen=True)
+class EngineChoice:
+    """Which engine serves, and why (printed at start-up)."""
+
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.reason})"
+
+
+def choose_engine(settings: Settings) -> EngineChoice:
+    """Resolve `auto`: xai when XAI_API_KEY is set, else preview."""
+    if settings.engine != "auto":
+        chosen = "engine" in settings.model_fields_set
+        return EngineChoice(settings.engine, "IMAGINE_ENGINE / --engine" if chosen else "default")
+    key = settings.xai_api_key
+    if key is not None and key.get_secret_value():
+        return EngineChoice("xai", "auto: XAI_API_KEY is set")
+    return EngineChoice("preview", "auto: XAI_API_KEY is not set")
+
+
 def create_engine(settings: Settings) -> Engine:
+    """The configured engine; `SettingsError` when it cannot run as configured."""
+    name = choose_engine(settings).name
     try:
-        factory = ENGINES[settings.engine]
+        factory = ENGINES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown engine {settings.engine!r}; choose one of {', '.join(ENGINES)}"
-        ) from None
+        raise ValueError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}") from None
     return factory(settings)

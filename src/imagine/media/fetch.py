@@ -50,7 +50,7 @@ import ssl
 import zlib
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 from urllib.parse import urljoin
 
 import httpx
@@ -64,10 +64,11 @@ from imagine.media.netguard import (
     Resolver,
     TargetURL,
     UnsafeURL,
+    check_target,
     default_resolver,
-    is_forbidden_address,
-    is_forbidden_hostname,
-    parse_target_url,
+    guarded_transport,
+    resolve_checked,
+    send_pinned,
 )
 
 __all__ = ["ImageFetcher", "decode_data_url", "sniff_image_type"]
@@ -195,22 +196,9 @@ class ImageFetcher:
             await transport.aclose()
 
     def _http(self) -> httpx.AsyncHTTPTransport:
-        # A bare transport rather than an AsyncClient: the client parses every
-        # Location header to prepare `next_request` even with redirects off
-        # (a hostile Location then raises InvalidURL), and it keeps a cookie
-        # jar that would be shared between unrelated users' URLs.
+        # Why a bare transport, no proxies, no keep-alive: see `guarded_transport`.
         if self._transport is None:
-            self._transport = httpx.AsyncHTTPTransport(
-                verify=self._ssl_context if self._ssl_context is not None else True,
-                # No proxies or SSL_CERT_* from the environment: a proxy would
-                # make the connection (and its DNS lookup) somewhere unchecked.
-                trust_env=False,
-                # No keep-alive: the pool is keyed by IP, so a connection whose
-                # certificate was verified for one hostname could otherwise be
-                # reused for another hostname on the same IP.
-                limits=httpx.Limits(max_keepalive_connections=0),
-                retries=0,
-            )
+            self._transport = guarded_transport(ssl_context=self._ssl_context)
         return self._transport
 
     async def fetch_all(self, urls: Sequence[str]) -> list[InputImage]:
@@ -271,68 +259,44 @@ class ImageFetcher:
 
     def _check_target(self, url: str) -> TargetURL:
         try:
-            target = parse_target_url(url)
+            return check_target(url, allow_private=self._allow_private)
         except UnsafeURL as exc:
             raise _refused(f"refused URL {url[:200]!r}: {exc}") from None
-        if not self._allow_private and is_forbidden_hostname(target.host):
-            raise _refused(f"refused internal host {target.host!r}")
-        return target
-
-    def _address_allowed(self, ip: IPAddress) -> bool:
-        if self._allow_private:
-            return True
-        if any(ip.version == net.version and ip in net for net in self._allowed_networks):
-            return True
-        return not is_forbidden_address(ip)
 
     async def _resolve(self, target: TargetURL) -> list[IPAddress]:
         """All addresses for the host; refuse if any is forbidden (OWASP: check every A/AAAA)."""
-        if target.ip is not None:
-            addresses = [target.ip]
-        else:
-            try:
-                addresses = list(await self._resolver(target.host, target.port))
-            except socket.gaierror as exc:
-                detail = f"cannot resolve {target.host!r}: {exc}"
-                if exc.errno in _PERMANENT_DNS_ERRORS:
-                    raise _refused(detail) from None
-                raise _transient(detail) from None
-            except OSError as exc:
-                raise _transient(f"cannot resolve {target.host!r}: {exc}") from None
-            if not addresses:
-                raise _refused(f"{target.host!r} has no addresses")
-        forbidden = [str(ip) for ip in addresses if not self._address_allowed(ip)]
-        if forbidden:
-            raise _refused(f"{target.host!r} resolves to forbidden address(es) {forbidden}")
-        return addresses
+        try:
+            return await resolve_checked(
+                target,
+                resolver=self._resolver,
+                allow_private=self._allow_private,
+                allowed_networks=self._allowed_networks,
+            )
+        except UnsafeURL as exc:
+            raise _refused(str(exc)) from None
+        except socket.gaierror as exc:
+            detail = f"cannot resolve {target.host!r}: {exc}"
+            if exc.errno in _PERMANENT_DNS_ERRORS:
+                raise _refused(detail) from None
+            raise _transient(detail) from None
+        except OSError as exc:
+            raise _transient(f"cannot resolve {target.host!r}: {exc}") from None
 
     async def _send(self, target: TargetURL, addresses: list[IPAddress]) -> httpx.Response:
         """Connect to a checked address (never the name again), trying each in turn."""
-        transport = self._http()
-        extensions: dict[str, Any] = {"timeout": httpx.Timeout(self._timeout).as_dict()}
-        if target.scheme == "https" and target.ip is None:
-            # TLS server name and certificate check use the real hostname.
-            extensions["sni_hostname"] = target.host
-        headers = {**self._headers, "Host": target.host_header}
-        last_error: Exception | None = None
-        for ip in addresses:
-            request = httpx.Request(
-                "GET", target.url_for(ip), headers=headers, extensions=extensions
+        try:
+            return await send_pinned(
+                self._http(),
+                "GET",
+                target,
+                addresses,
+                headers=self._headers,
+                io_timeout=self._timeout,
             )
-            # Belt and braces: the URL httpx will connect to is the checked IP.
-            port = request.url.port or (443 if request.url.scheme == "https" else 80)
-            if request.url.host != ip.compressed or port != target.port:
-                raise _refused(f"request URL {request.url} does not match checked {ip}")
-            try:
-                response = await transport.handle_async_request(request)
-            except httpx.ConnectError as exc:
-                last_error = exc
-                continue
-            response.request = request
-            return response
-        raise _transient(
-            f"cannot connect to {target} via {[str(a) for a in addresses]}: {last_error}"
-        )
+        except UnsafeURL as exc:
+            raise _refused(str(exc)) from None
+        except httpx.ConnectError as exc:
+            raise _transient(str(exc)) from None
 
     @staticmethod
     def _check_status(response: httpx.Response, target: TargetURL) -> None:

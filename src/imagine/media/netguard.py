@@ -3,8 +3,10 @@
 Follows the OWASP SSRF Prevention Cheat Sheet: allow only http/https, refuse
 credentials in URLs, refuse internal hostnames, resolve the name and refuse the
 request if *any* address is internal, then connect to the address that was
-checked. This module holds the pure policy (no I/O except the default
-resolver) so image fetching and, later, webhooks share one definition.
+checked. This module holds that policy and the pinned connection (resolve and
+check every address, then send to a checked address with the original `Host`
+header and TLS server name), so image fetching and webhook delivery share one
+definition.
 
 Why an explicit deny list: `ipaddress.is_global` alone misses multicast and
 (depending on the Python version) IPv4 tunnelled inside IPv6, e.g.
@@ -19,10 +21,14 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
 from urllib.parse import urlsplit
+
+import httpx
 
 __all__ = [
     "IPAddress",
@@ -30,12 +36,17 @@ __all__ = [
     "Resolver",
     "TargetURL",
     "UnsafeURL",
+    "address_allowed",
+    "check_target",
     "check_url_syntax",
     "default_resolver",
     "embedded_ipv4",
+    "guarded_transport",
     "is_forbidden_address",
     "is_forbidden_hostname",
     "parse_target_url",
+    "resolve_checked",
+    "send_pinned",
 ]
 
 IPAddress = IPv4Address | IPv6Address
@@ -302,3 +313,118 @@ async def default_resolver(host: str, port: int) -> list[IPAddress]:
         if ip not in found:
             found.append(ip)
     return found
+
+
+# -- Connecting under the policy ------------------------------------------------
+
+
+def check_target(url: str, *, allow_private: bool) -> TargetURL:
+    """Parse `url` strictly and refuse internal hostnames (no DNS yet); `UnsafeURL` if not."""
+    target = parse_target_url(url)
+    if not allow_private and is_forbidden_hostname(target.host):
+        raise UnsafeURL(f"refused internal host {target.host!r}")
+    return target
+
+
+def address_allowed(
+    ip: IPAddress, *, allow_private: bool, allowed_networks: Sequence[IPNetwork] = ()
+) -> bool:
+    """The policy for one resolved address; `allowed_networks` are operator exemptions."""
+    if allow_private:
+        return True
+    if any(ip.version == net.version and ip in net for net in allowed_networks):
+        return True
+    return not is_forbidden_address(ip)
+
+
+async def resolve_checked(
+    target: TargetURL,
+    *,
+    resolver: Resolver,
+    allow_private: bool,
+    allowed_networks: Sequence[IPNetwork] = (),
+) -> list[IPAddress]:
+    """Every address of the target's host, refused (`UnsafeURL`) if *any* is forbidden.
+
+    OWASP: one forbidden A/AAAA record is enough to refuse, since the client
+    could connect to any of them. DNS failures propagate as `OSError`
+    (`socket.gaierror`), so each caller decides which are worth retrying.
+    """
+    if target.ip is not None:
+        addresses = [target.ip]
+    else:
+        addresses = list(await resolver(target.host, target.port))
+        if not addresses:
+            raise UnsafeURL(f"{target.host!r} has no addresses")
+    forbidden = [
+        str(ip)
+        for ip in addresses
+        if not address_allowed(ip, allow_private=allow_private, allowed_networks=allowed_networks)
+    ]
+    if forbidden:
+        raise UnsafeURL(f"{target.host!r} resolves to forbidden address(es) {forbidden}")
+    return addresses
+
+
+def guarded_transport(
+    *, ssl_context: ssl.SSLContext | None = None, max_connections: int | None = None
+) -> httpx.AsyncHTTPTransport:
+    """An httpx transport fit for `send_pinned`.
+
+    A bare transport rather than an `AsyncClient`: the client parses every
+    Location header to prepare a redirect even with redirects off (a hostile
+    Location then raises), and keeps a cookie jar shared between unrelated
+    users' URLs. No proxies or `SSL_CERT_*` from the environment: a proxy
+    would make the connection, and its DNS lookup, somewhere unchecked. No
+    keep-alive: the pool is keyed by IP, so a connection whose certificate was
+    verified for one hostname could otherwise be reused for another.
+    """
+    return httpx.AsyncHTTPTransport(
+        verify=ssl_context if ssl_context is not None else True,
+        trust_env=False,
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=0),
+        retries=0,
+    )
+
+
+async def send_pinned(
+    transport: httpx.AsyncHTTPTransport,
+    method: str,
+    target: TargetURL,
+    addresses: Sequence[IPAddress],
+    *,
+    headers: dict[str, str],
+    io_timeout: float,
+    content: bytes | None = None,
+) -> httpx.Response:
+    """Send to the checked addresses (never the name again: DNS rebinding), in turn.
+
+    The request goes to the IP with the original `Host` header, and for https
+    the TLS server name and certificate check use the real hostname. Redirects
+    are never followed here. `io_timeout` bounds each connect, read and write.
+    Raises `httpx.ConnectError` when no address accepts the connection; the
+    caller closes the response.
+    """
+    extensions: dict[str, Any] = {"timeout": httpx.Timeout(io_timeout).as_dict()}
+    if target.scheme == "https" and target.ip is None:
+        extensions["sni_hostname"] = target.host
+    headers = {**headers, "Host": target.host_header}
+    last_error: httpx.ConnectError | None = None
+    for ip in addresses:
+        request = httpx.Request(
+            method, target.url_for(ip), headers=headers, content=content, extensions=extensions
+        )
+        # Belt and braces: the URL httpx will connect to is the checked IP.
+        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        if request.url.host != ip.compressed or port != target.port:
+            raise UnsafeURL(f"request URL {request.url} does not match checked {ip}")
+        try:
+            response = await transport.handle_async_request(request)
+        except httpx.ConnectError as exc:
+            last_error = exc
+            continue
+        response.request = request
+        return response
+    raise httpx.ConnectError(
+        f"cannot connect to {target} via {[str(a) for a in addresses]}: {last_error}"
+    )

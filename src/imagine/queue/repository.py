@@ -1,11 +1,14 @@
-"""The tasks table as a queue: claim, lease, heartbeat, finish, recover.
+"""The tasks table as a queue: claim, lease, heartbeat, finish, cancel, recover.
 
 A claim gives the task a fresh lease token. Every later write by that worker
 names the token, so a worker whose lease expired and was taken over cannot
-overwrite the new owner's result (fencing). Ending a task and its refund are
-one transaction guarded by the status transition, so a refund happens once.
-PostgreSQL claims with `FOR UPDATE SKIP LOCKED`; SQLite's write transactions
-are already serialised (`BEGIN IMMEDIATE`), so the same statement is safe there.
+overwrite the new owner's result (fencing). Every way a task ends goes
+through `_end`: one conditional UPDATE on the status, and in the same
+transaction the refund (unless completed) and the webhook event (if the task
+has a callback). The status condition makes the transition happen once, so a
+refund and an event happen once. PostgreSQL claims with `FOR UPDATE SKIP
+LOCKED`; SQLite's write transactions are serialised (`BEGIN IMMEDIATE`), so the
+same statement is safe there.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagine.credits import ledger
 from imagine.db.database import Database
-from imagine.db.models import Task
+from imagine.db.models import Task, WebhookEvent
 from imagine.failures import FailureReason
-from imagine.ids import utcnow
+from imagine.ids import new_id, utcnow
 from imagine.tasks.schemas import GenerationRequest
-from imagine.tasks.service import COMPLETED, FAILED, PENDING, PROCESSING
+from imagine.tasks.states import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,14 @@ class ClaimedTask:
     attempt: int
     max_attempts: int
     lease_token: str
+    engine: str = ""
+    test_outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    alive: bool  # False: the lease was lost
+    cancel_requested: bool = False
 
 
 async def claim(db: Database, worker_id: str, lease_seconds: float) -> ClaimedTask | None:
@@ -62,7 +73,15 @@ async def claim(db: Database, worker_id: str, lease_seconds: float) -> ClaimedTa
                     started_at=now,
                     updated_at=now,
                 )
-                .returning(Task.id, Task.account_id, Task.request, Task.attempts, Task.max_attempts)
+                .returning(
+                    Task.id,
+                    Task.account_id,
+                    Task.request,
+                    Task.attempts,
+                    Task.max_attempts,
+                    Task.engine,
+                    Task.test_outcome,
+                )
             )
         ).first()
     if row is None:
@@ -74,6 +93,8 @@ async def claim(db: Database, worker_id: str, lease_seconds: float) -> ClaimedTa
         attempt=row.attempts,
         max_attempts=row.max_attempts,
         lease_token=token,
+        engine=row.engine,
+        test_outcome=row.test_outcome,
     )
 
 
@@ -90,36 +111,94 @@ async def _fenced_update(session: AsyncSession, claimed: ClaimedTask, **values: 
     return bool(getattr(result, "rowcount", 0))
 
 
+async def _end(
+    session: AsyncSession,
+    condition: Any,
+    status: str,
+    *,
+    reason: FailureReason | None = None,
+    detail: str | None = None,
+    outputs: list[str] | None = None,
+) -> bool:
+    """Move the task matching `condition` to a final status; False if none matched."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": status,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "updated_at": now,
+        "finished_at": now,
+    }
+    if status == COMPLETED:
+        values.update(outputs=outputs or [], progress=100)
+    else:
+        values.update(consumed_credits=0, error_detail=detail)
+        if reason is not None:
+            values["error_message"] = reason.value
+    row = (
+        await session.execute(
+            update(Task)
+            .where(condition)
+            .values(**values)
+            .returning(Task.id, Task.account_id, Task.cost, Task.callback_url)
+        )
+    ).first()
+    if row is None:
+        return False
+    if status != COMPLETED and row.cost:
+        await ledger.refund(session, row.account_id, row.id, row.cost)
+    if row.callback_url:
+        session.add(
+            WebhookEvent(
+                id=new_id("msg"),
+                task_id=row.id,
+                account_id=row.account_id,
+                event_type=f"task.{status}",
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+    return True
+
+
 async def heartbeat(
     db: Database, claimed: ClaimedTask, lease_seconds: float, progress: int
-) -> bool:
-    """Extend the lease and record progress; False means the lease was lost."""
+) -> Heartbeat:
+    """Extend the lease and record progress; tells whether a cancel was asked for."""
     now = utcnow()
     async with db.write() as session:
-        return await _fenced_update(
-            session,
-            claimed,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            progress=progress,
-            updated_at=now,
+        row = (
+            await session.execute(
+                update(Task)
+                .where(_owned(claimed))
+                .values(
+                    lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    progress=progress,
+                    updated_at=now,
+                )
+                .returning(Task.cancel_requested_at)
+            )
+        ).first()
+    if row is None:
+        return Heartbeat(alive=False)
+    return Heartbeat(alive=True, cancel_requested=row.cancel_requested_at is not None)
+
+
+async def cancel_requested(db: Database, claimed: ClaimedTask) -> bool:
+    """A cheap read between heartbeats, so a cancel takes effect within a second."""
+    async with db.read() as session:
+        requested = await session.scalar(
+            select(Task.cancel_requested_at).where(Task.id == claimed.task_id)
         )
+    return requested is not None
 
 
 async def complete(db: Database, claimed: ClaimedTask, outputs: list[str]) -> bool:
     """Record the result; False means another worker owns the task now."""
-    now = utcnow()
     async with db.write() as session:
-        return await _fenced_update(
-            session,
-            claimed,
-            status=COMPLETED,
-            outputs=outputs,
-            progress=100,
-            lease_owner=None,
-            lease_expires_at=None,
-            updated_at=now,
-            finished_at=now,
-        )
+        return await _end(session, _owned(claimed), COMPLETED, outputs=outputs)
 
 
 async def fail(
@@ -147,8 +226,20 @@ async def fail(
                 updated_at=now,
             )
             return PENDING if moved else None
-        ended = await _fail_and_refund(session, _owned(claimed), claimed.task_id, reason, detail)
+        ended = await _end(session, _owned(claimed), FAILED, reason=reason, detail=detail)
         return FAILED if ended else None
+
+
+async def cancel_running(db: Database, claimed: ClaimedTask) -> bool:
+    """The engine stopped because its owner asked: cancelled and refunded."""
+    async with db.write() as session:
+        return await _end(session, _owned(claimed), CANCELLED, detail="cancelled while processing")
+
+
+async def cancel_pending(session: AsyncSession, task_id: str) -> bool:
+    """Cancel a task no worker holds yet, inside the caller's transaction."""
+    condition = (Task.id == task_id) & (Task.status == PENDING)
+    return await _end(session, condition, CANCELLED, detail="cancelled while pending")
 
 
 async def release(db: Database, claimed: ClaimedTask) -> bool:
@@ -168,16 +259,21 @@ async def release(db: Database, claimed: ClaimedTask) -> bool:
 
 
 async def recover_expired(db: Database) -> int:
-    """Put tasks whose worker vanished back in the queue, or fail them (and
-    refund) when they used their last attempt. Any live worker runs this."""
+    """Put tasks whose worker vanished back in the queue, or end them (with a
+    refund) when they used their last attempt or their owner asked to cancel.
+    Any live worker runs this."""
     now = utcnow()
     recovered = 0
     async with db.read() as session:
         expired = (
             await session.execute(
-                select(Task.id, Task.lease_owner, Task.attempts, Task.max_attempts).where(
-                    Task.status == PROCESSING, Task.lease_expires_at < now
-                )
+                select(
+                    Task.id,
+                    Task.lease_owner,
+                    Task.attempts,
+                    Task.max_attempts,
+                    Task.cancel_requested_at,
+                ).where(Task.status == PROCESSING, Task.lease_expires_at < now)
             )
         ).all()
     for row in expired:
@@ -188,7 +284,19 @@ async def recover_expired(db: Database) -> int:
             & (Task.lease_expires_at < now)
         )
         async with db.write() as session:
-            if row.attempts < row.max_attempts:
+            if row.cancel_requested_at is not None:
+                ended = await _end(
+                    session, still_expired, CANCELLED, detail="cancelled; worker stopped responding"
+                )
+            elif row.attempts >= row.max_attempts:
+                ended = await _end(
+                    session,
+                    still_expired,
+                    FAILED,
+                    reason=FailureReason.BUILD_FAILED,
+                    detail="lease expired on the last attempt",
+                )
+            else:
                 result = await session.execute(
                     update(Task)
                     .where(still_expired)
@@ -201,41 +309,6 @@ async def recover_expired(db: Database) -> int:
                         updated_at=now,
                     )
                 )
-                recovered += bool(getattr(result, "rowcount", 0))
-            else:
-                recovered += await _fail_and_refund(
-                    session,
-                    still_expired,
-                    row.id,
-                    FailureReason.BUILD_FAILED,
-                    "lease expired on the last attempt",
-                )
+                ended = bool(getattr(result, "rowcount", 0))
+            recovered += ended
     return recovered
-
-
-async def _fail_and_refund(
-    session: AsyncSession, condition: Any, task_id: str, reason: FailureReason, detail: str
-) -> bool:
-    now = utcnow()
-    row = (
-        await session.execute(
-            update(Task)
-            .where(condition)
-            .values(
-                status=FAILED,
-                error_message=reason.value,
-                error_detail=detail,
-                consumed_credits=0,
-                lease_owner=None,
-                lease_expires_at=None,
-                updated_at=now,
-                finished_at=now,
-            )
-            .returning(Task.account_id, Task.cost)
-        )
-    ).first()
-    if row is None:
-        return False
-    if row.cost:
-        await ledger.refund(session, row.account_id, task_id, row.cost)
-    return True

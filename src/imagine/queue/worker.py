@@ -17,12 +17,13 @@ import secrets
 import shutil
 import socket
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from imagine.db.database import Database
 from imagine.engines.base import Engine, GenerationJob, JobControl
-from imagine.failures import Cancelled, FailureReason, TaskFailure
+from imagine.failures import TEST_OUTCOMES, Cancelled, FailureReason, TaskFailure
 from imagine.media.fetch import ImageFetcher
 from imagine.queue import repository as queue
 from imagine.queue.repository import ClaimedTask
@@ -54,9 +55,12 @@ class Worker:
         workdir: Path,
         wakeup: asyncio.Event | None = None,
         name: str | None = None,
+        extra_engines: Mapping[str, Engine] | None = None,
     ) -> None:
         self.db = db
         self.engine = engine
+        # Tasks name the engine they were submitted for (test keys' tasks: preview).
+        self.engines = {**(extra_engines or {}), engine.name: engine}
         self.storage = storage
         self.fetcher = fetcher
         self.config = config
@@ -94,7 +98,7 @@ class Worker:
         progress = _Progress()
         control.on_progress = progress.update
         self._current = control
-        job_task = asyncio.create_task(self._execute(claimed, control))
+        job_task = asyncio.create_task(self._execute(claimed, control, progress))
         beat = asyncio.create_task(self._heartbeat(claimed, control, progress))
         stop_wait = asyncio.create_task(self._stopping.wait())
         try:
@@ -116,6 +120,8 @@ class Worker:
     async def _heartbeat(
         self, claimed: ClaimedTask, control: JobControl, progress: _Progress
     ) -> None:
+        """Every tick: write progress if it moved (extending the lease), or at
+        least look for a cancel request; extend the lease when it is due."""
         written = 0
         since_lease = 0.0
         tick = min(PROGRESS_WRITE_INTERVAL, self.config.heartbeat_seconds)
@@ -123,20 +129,30 @@ class Worker:
             await asyncio.sleep(tick)
             since_lease += tick
             percent = progress.percent
-            if percent == written and since_lease < self.config.heartbeat_seconds:
-                continue
             try:
-                alive = await queue.heartbeat(self.db, claimed, self.config.lease_seconds, percent)
+                if percent == written and since_lease < self.config.heartbeat_seconds:
+                    beat = queue.Heartbeat(True, await queue.cancel_requested(self.db, claimed))
+                else:
+                    beat = await queue.heartbeat(
+                        self.db, claimed, self.config.lease_seconds, percent
+                    )
+                    written, since_lease = percent, 0.0
             except Exception:
                 log.exception("%s: heartbeat failed for %s", self.name, claimed.task_id)
                 continue
-            written, since_lease = percent, 0.0
-            if not alive:
+            if not beat.alive:
                 log.warning("%s: lost the lease on %s; stopping it", self.name, claimed.task_id)
+                progress.stop_reason = "lease lost"
                 control.cancel_event.set()
                 return
+            if beat.cancel_requested and progress.stop_reason is None:
+                log.info("%s: %s cancelled by its owner; stopping it", self.name, claimed.task_id)
+                progress.stop_reason = "cancelled"
+                control.cancel_event.set()
 
-    async def _execute(self, claimed: ClaimedTask, control: JobControl) -> None:
+    async def _execute(
+        self, claimed: ClaimedTask, control: JobControl, progress: _Progress
+    ) -> None:
         task_id = claimed.task_id
         workdir = Path(tempfile.mkdtemp(prefix=f"{task_id}-", dir=self.workdir))
         try:
@@ -151,7 +167,10 @@ class Worker:
                 for key in keys:
                     await asyncio.to_thread(self.storage.delete, key)
         except Cancelled:
-            if self._stopping.is_set() and await queue.release(self.db, claimed):
+            if progress.stop_reason == "cancelled":
+                if await queue.cancel_running(self.db, claimed):
+                    log.info("%s: %s cancelled and refunded", self.name, task_id)
+            elif self._stopping.is_set() and await queue.release(self.db, claimed):
                 log.info("%s: %s handed back to the queue at shutdown", self.name, task_id)
         except TaskFailure as failure:
             await self._fail(claimed, failure.reason, failure.detail, failure.retryable)
@@ -170,8 +189,12 @@ class Worker:
         self, claimed: ClaimedTask, control: JobControl, workdir: Path
     ) -> list[Path]:
         request = claimed.request
+        forced = TEST_OUTCOMES.get(claimed.test_outcome or "")
+        if forced is not None:
+            raise TaskFailure(forced, f"test outcome {claimed.test_outcome!r} requested")
         images = await self.fetcher.fetch_all(request.images) if request.images else []
-        width, height = request.size
+        engine = self.engines.get(claimed.engine, self.engine)
+        width, height = request.size_for(engine.capabilities)
         job = GenerationJob(
             task_id=claimed.task_id,
             prompt=request.prompt,
@@ -183,8 +206,9 @@ class Worker:
             duration=request.duration,
             seed=request.seed,
             images=tuple(images),
+            fps=engine.capabilities.fps,
         )
-        return await self.engine.generate(job, workdir, control)
+        return await engine.generate(job, workdir, control)
 
     async def _fail(
         self, claimed: ClaimedTask, reason: FailureReason, detail: str, retryable: bool
@@ -203,10 +227,12 @@ class Worker:
 
 
 class _Progress:
-    """Progress reported by an engine thread, read by the heartbeat loop."""
+    """Progress reported by an engine thread, read by the heartbeat loop, and
+    why the heartbeat asked the engine to stop."""
 
     def __init__(self) -> None:
         self.percent = 0
+        self.stop_reason: str | None = None
 
     def update(self, fraction: float) -> None:
         self.percent = max(self.percent, min(99, int(fraction * 100)))

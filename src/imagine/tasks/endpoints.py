@@ -1,20 +1,24 @@
-"""HTTP routes of the contract: `POST /v1/generate` and `GET /v1/status`."""
+"""HTTP routes for tasks: the contract's `generate` and `status`, plus `cancel` and `tasks`."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, StrictStr
 
 from imagine.accounts.service import Principal
 from imagine.api.envelope import success
 from imagine.api.services import Services, principal, services
+from imagine.db.models import Task
 from imagine.errors import InvalidRequest
+from imagine.failures import TEST_OUTCOMES
 from imagine.tasks import service
 from imagine.tasks.schemas import GenerateBody, validate_generation
+from imagine.tasks.states import PENDING, PROCESSING
+from imagine.webhooks.service import require_signing_secret
 
 # Documents the scheme in OpenAPI; `V1Gate` does the checking.
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
@@ -48,6 +52,10 @@ class TaskData(BaseModel):
     progress: int
     updated_at: str
     engine: str
+    cancel_requested: bool
+    test: bool
+    queue_position: int | None = None
+    eta_seconds: int | None = None
 
 
 class TaskEnvelope(BaseModel):
@@ -59,6 +67,7 @@ class TaskEnvelope(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorEnvelope} for status in (400, 401, 402, 404, 409, 413, 429, 500)
 }
+TEST_OUTCOME_NAMES = ("completed", *TEST_OUTCOMES)
 
 
 def _idempotency_key(value: str | None) -> str | None:
@@ -69,20 +78,54 @@ def _idempotency_key(value: str | None) -> str | None:
     return value
 
 
+def _test_outcome(value: str | None, caller: Principal) -> str | None:
+    if value is None:
+        return None
+    if not caller.is_test:
+        raise InvalidRequest("The Imagine-Test-Outcome header is only accepted from test keys")
+    if value not in TEST_OUTCOME_NAMES:
+        raise InvalidRequest(
+            f"The Imagine-Test-Outcome header must be one of: {', '.join(TEST_OUTCOME_NAMES)}"
+        )
+    return None if value == "completed" else value
+
+
 @router.post("/generate", response_model=SubmitEnvelope, responses=ERRORS)
 async def generate(
     body: GenerateBody,
     svc: Annotated[Services, Depends(services)],
     caller: Annotated[Principal, Depends(principal)],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    test_outcome: Annotated[
+        str | None,
+        Header(
+            alias="Imagine-Test-Outcome",
+            description="Test keys only: " + " | ".join(TEST_OUTCOME_NAMES),
+        ),
+    ] = None,
 ) -> JSONResponse:
     """Submit a text- or image-to-video task; costs the configured credits (40)."""
-    request = validate_generation(body, svc.settings, svc.engine.capabilities)
+    request = validate_generation(body, svc.settings, svc.engine_for(caller).capabilities)
+    if request.callback_url is not None:
+        await require_signing_secret(svc.db, caller.account_id)
     task_id = await service.submit(
-        svc.db, caller, request, svc.submit_policy, _idempotency_key(idempotency_key)
+        svc.db,
+        caller,
+        request,
+        svc.submit_policy(caller),
+        _idempotency_key(idempotency_key),
+        _test_outcome(test_outcome, caller),
     )
     svc.wakeup.set()
     return success({"task_id": task_id})
+
+
+async def _task_view(svc: Services, http_request: Request, task: Task) -> dict[str, Any]:
+    base_url = svc.base_url(http_request)
+    view = service.status_view(task, lambda key: svc.storage.url(key, base_url))
+    if task.status in (PENDING, PROCESSING):
+        view.update(await service.progress_estimate(svc.db, task, svc.recent_durations))
+    return view
 
 
 @router.get("/status", response_model=TaskEnvelope, responses=ERRORS)
@@ -94,5 +137,57 @@ async def status(
 ) -> JSONResponse:
     """A task's state; `response` lists the video URLs once it is completed."""
     task = await service.get_task(svc.db, caller, task_id)
+    return success(await _task_view(svc, http_request, task))
+
+
+class CancelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: StrictStr
+
+
+@router.post("/cancel", response_model=TaskEnvelope, responses=ERRORS)
+async def cancel(
+    body: CancelBody,
+    http_request: Request,
+    svc: Annotated[Services, Depends(services)],
+    caller: Annotated[Principal, Depends(principal)],
+) -> JSONResponse:
+    """Cancel a task and refund it. A pending task is `cancelled` at once; a
+    processing one is stopped within seconds (`cancel_requested` until then);
+    a finished one answers 409 `TASK_FINISHED`."""
+    task = await service.cancel(svc.db, caller, body.task_id)
+    return success(await _task_view(svc, http_request, task))
+
+
+class TaskListData(BaseModel):
+    tasks: list[TaskData]
+    has_more: bool
+    next_after: str | None
+
+
+class TaskListEnvelope(BaseModel):
+    code: int = 200
+    message: str = "success"
+    data: TaskListData
+
+
+@router.get("/tasks", response_model=TaskListEnvelope, responses=ERRORS)
+async def list_tasks(
+    http_request: Request,
+    svc: Annotated[Services, Depends(services)],
+    caller: Annotated[Principal, Depends(principal)],
+    status: Annotated[
+        Literal["pending", "processing", "completed", "failed", "cancelled"] | None, Query()
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(description="next_after of the previous page")] = None,
+) -> JSONResponse:
+    """The caller's tasks, newest first, in pages (test keys see only test tasks)."""
+    page = await service.list_tasks(svc.db, caller, status=status, limit=limit, after=after)
     base_url = svc.base_url(http_request)
-    return success(service.status_view(task, lambda key: svc.storage.url(key, base_url)))
+    views = [
+        service.status_view(task, lambda key: svc.storage.url(key, base_url)) for task in page.tasks
+    ]
+    next_after = page.tasks[-1].id if page.has_more else None
+    return success({"tasks": views, "has_more": page.has_more, "next_after": next_after})

@@ -19,7 +19,7 @@ from imagine.media.netguard import UnsafeURL, check_url_syntax
 from imagine.settings import Settings
 
 RATIOS = ("1:1", "16:9", "9:16", "2:3", "3:2", "4:3", "3:4")
-RESOLUTIONS = ("480p", "720p")
+RESOLUTIONS = ("480p", "720p", "1080p")  # each engine declares which it supports
 SEED_MAX = 2**32 - 1
 
 # DESIGN §2: ratio × resolution → (width, height), even numbers.
@@ -38,6 +38,13 @@ FRAME_SIZES: dict[tuple[str, str], tuple[int, int]] = {
     ("2:3", "720p"): (720, 1080),
     ("4:3", "720p"): (960, 720),
     ("3:4", "720p"): (720, 960),
+    ("1:1", "1080p"): (1080, 1080),
+    ("16:9", "1080p"): (1920, 1080),
+    ("9:16", "1080p"): (1080, 1920),
+    ("3:2", "1080p"): (1620, 1080),
+    ("2:3", "1080p"): (1080, 1620),
+    ("4:3", "1080p"): (1440, 1080),
+    ("3:4", "1080p"): (1080, 1440),
 }
 
 
@@ -54,9 +61,16 @@ class GenerateBody(BaseModel):
     )
     ratio: StrictStr = Field(default="16:9", description=" | ".join(RATIOS))
     duration: StrictInt = Field(default=6, description="Seconds, 1-15.")
-    resolution: StrictStr = Field(default="480p", description="480p | 720p")
+    resolution: StrictStr = Field(
+        default="480p", description="480p | 720p (| 1080p where the engine supports it)"
+    )
     seed: StrictInt | None = Field(
         default=None, description=f"0-{SEED_MAX}; same seed, same video."
+    )
+    callback_url: StrictStr | None = Field(
+        default=None,
+        description="http(s) URL that receives the task's status, signed, when it ends "
+        "(Standard Webhooks; the account needs a signing secret, see docs/webhooks.md).",
     )
 
 
@@ -71,10 +85,13 @@ class GenerationRequest:
     duration: int
     resolution: str
     seed: int | None
+    callback_url: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["images"] = list(self.images)
+        if self.callback_url is None:
+            del data["callback_url"]
         return data
 
     @classmethod
@@ -84,6 +101,13 @@ class GenerationRequest:
     @property
     def size(self) -> tuple[int, int]:
         return FRAME_SIZES[(self.ratio, self.resolution)]
+
+    def size_for(self, capabilities: EngineCapabilities) -> tuple[int, int]:
+        """The size an engine renders this at: its own grid if it has one, else the table."""
+        sizes = capabilities.sizes
+        if sizes is not None and (self.ratio, self.resolution) in sizes:
+            return sizes[(self.ratio, self.resolution)]
+        return self.size
 
 
 def validate_generation(
@@ -104,12 +128,23 @@ def validate_generation(
     resolutions = [r for r in RESOLUTIONS if r in capabilities.resolutions]
     if body.resolution not in resolutions:
         raise InvalidRequest(f"The resolution parameter must be one of: {', '.join(resolutions)}")
+    sizes = capabilities.sizes
+    if sizes is not None and (body.ratio, body.resolution) not in sizes:
+        served = [r for r in RATIOS if (r, body.resolution) in sizes]
+        raise InvalidRequest(
+            f"The ratio parameter must be one of: {', '.join(served)} at {body.resolution}"
+        )
     low, high = capabilities.min_duration, capabilities.max_duration
     if not low <= body.duration <= high:
         raise InvalidRequest(f"The duration parameter must be an integer from {low} to {high}")
     if body.seed is not None and not 0 <= body.seed <= SEED_MAX:
         raise InvalidRequest(f"The seed parameter must be an integer from 0 to {SEED_MAX}")
     images = _validate_images(body.images, settings, capabilities)
+    multi_cap = capabilities.max_duration_multi_image
+    if len(images) > 1 and multi_cap is not None and body.duration > multi_cap:
+        raise InvalidRequest(
+            f"The duration parameter must be at most {multi_cap} when more than one image is given"
+        )
     return GenerationRequest(
         mode=body.mode,
         prompt=prompt,
@@ -118,7 +153,21 @@ def validate_generation(
         duration=body.duration,
         resolution=body.resolution,
         seed=body.seed,
+        callback_url=_validate_callback_url(body.callback_url, settings),
     )
+
+
+def _validate_callback_url(url: str | None, settings: Settings) -> str | None:
+    """Webhook targets follow the image URL rules (SSRF); delivery checks them again."""
+    if url is None:
+        return None
+    if len(url) > 2048:
+        raise InvalidRequest("The callback_url parameter must be at most 2048 characters")
+    try:
+        check_url_syntax(url, allow_private=settings.allow_private_urls)
+    except UnsafeURL as exc:
+        raise InvalidRequest(f"The callback_url parameter is not an allowed URL: {exc}") from None
+    return url
 
 
 def _validate_images(
@@ -129,7 +178,12 @@ def _validate_images(
     urls = [images] if isinstance(images, str) else images
     limit = min(settings.max_images, capabilities.max_images)
     if len(urls) > limit:
-        raise InvalidRequest(f"The images parameter accepts at most {limit} images")
+        if limit == 0:
+            raise InvalidRequest(
+                "The images parameter is not supported: this model generates from text only"
+            )
+        noun = "image" if limit == 1 else "images"
+        raise InvalidRequest(f"The images parameter accepts at most {limit} {noun}")
     for index, url in enumerate(urls):
         where = f"images[{index}]"
         try:

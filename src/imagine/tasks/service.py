@@ -4,30 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from imagine.accounts.service import Principal
 from imagine.credits import ledger
 from imagine.db.database import Database
 from imagine.db.models import IdempotencyRecord, Task
-from imagine.errors import Conflict, InsufficientCredits, NotFound
+from imagine.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound, TaskFinished
 from imagine.ids import new_id, utcnow
+from imagine.queue import repository as queue
 from imagine.tasks.schemas import GenerationRequest
-
-PENDING, PROCESSING, COMPLETED, FAILED, CANCELLED = (
-    "pending",
-    "processing",
-    "completed",
-    "failed",
-    "cancelled",
-)
-FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
+from imagine.tasks.states import COMPLETED, FINISHED, PENDING, PROCESSING
 
 
 @dataclass(frozen=True)
@@ -49,6 +43,7 @@ async def submit(
     request: GenerationRequest,
     policy: SubmitPolicy,
     idempotency_key: str | None = None,
+    test_outcome: str | None = None,
 ) -> str:
     """Charge and enqueue one generation; returns the task id.
 
@@ -61,7 +56,9 @@ async def submit(
     fingerprint = request_fingerprint(request) if idempotency_key else ""
     for _ in range(2):
         try:
-            return await _submit_once(db, principal, request, policy, idempotency_key, fingerprint)
+            return await _submit_once(
+                db, principal, request, policy, idempotency_key, fingerprint, test_outcome
+            )
         except IntegrityError:
             if idempotency_key is None:
                 raise
@@ -75,6 +72,7 @@ async def _submit_once(
     policy: SubmitPolicy,
     idempotency_key: str | None,
     fingerprint: str,
+    test_outcome: str | None,
 ) -> str:
     now = utcnow()
     async with db.write() as session:
@@ -92,7 +90,8 @@ async def _submit_once(
                     )
                 )
         task_id = new_id("task")
-        if not await ledger.debit(session, principal.account_id, task_id, policy.cost):
+        charged = policy.cost > 0
+        if charged and not await ledger.debit(session, principal.account_id, task_id, policy.cost):
             raise InsufficientCredits(
                 f"Insufficient credits: this generation costs {policy.cost} credits"
             )
@@ -112,6 +111,9 @@ async def _submit_once(
                 created_at=now,
                 updated_at=now,
                 available_at=now,
+                is_test=principal.is_test,
+                test_outcome=test_outcome,
+                callback_url=request.callback_url,
             )
         )
         if idempotency_key is not None:
@@ -130,13 +132,12 @@ async def _submit_once(
 
 async def get_task(db: Database, principal: Principal, task_id: str) -> Task:
     """The caller's task; another account's task is indistinguishable from none."""
-    async with db.read() as session:
-        task = await session.scalar(
-            select(Task).where(Task.id == task_id, Task.account_id == principal.account_id)
-        )
-    if task is None:
+    row = await db.read_one(
+        select(Task.__table__).where(Task.id == task_id, Task.account_id == principal.account_id)
+    )
+    if row is None:
         raise NotFound("Task not found")
-    return task
+    return Task(**row)
 
 
 def isoformat(moment: datetime) -> str:
@@ -170,4 +171,122 @@ def status_view(task: Task, file_url: Callable[[str], str]) -> dict[str, Any]:
         "progress": task.progress,
         "updated_at": isoformat(task.updated_at),
         "engine": task.engine,
+        "cancel_requested": task.cancel_requested_at is not None,
+        "test": task.is_test,
     }
+
+
+async def cancel(db: Database, principal: Principal, task_id: str) -> Task:
+    """Cancel the caller's task. Pending: cancelled and refunded now. Processing:
+    the worker is asked to stop (it refunds when the engine stops, within
+    seconds). Finished: `TaskFinished`, nothing changes."""
+    async with db.write() as session:
+        task = await session.scalar(
+            select(Task)
+            .where(Task.id == task_id, Task.account_id == principal.account_id)
+            .with_for_update()
+        )
+        if task is None:
+            raise NotFound("Task not found")
+        if task.status in FINISHED:
+            raise TaskFinished(f"Task is already {task.status}; nothing to cancel")
+        if task.status == PENDING:
+            await queue.cancel_pending(session, task_id)
+        elif task.cancel_requested_at is None:
+            task.cancel_requested_at = utcnow()
+    return await get_task(db, principal, task_id)
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    tasks: list[Task]
+    has_more: bool
+
+
+async def list_tasks(
+    db: Database, principal: Principal, *, status: str | None, limit: int, after: str | None
+) -> TaskPage:
+    """The caller's tasks, newest first. The cursor is the last task id seen:
+    rows are ordered by (created_at, id), so tasks inserted meanwhile land
+    before the cursor and a page never repeats or skips one."""
+    async with db.read() as session:
+        query = select(Task).where(
+            Task.account_id == principal.account_id, Task.is_test == principal.is_test
+        )
+        if status is not None:
+            query = query.where(Task.status == status)
+        if after is not None:
+            anchor = await session.scalar(
+                select(Task.created_at).where(
+                    Task.id == after, Task.account_id == principal.account_id
+                )
+            )
+            if anchor is None:
+                raise InvalidRequest("The after parameter must be a task id from a previous page")
+            query = query.where(tuple_(Task.created_at, Task.id) < tuple_(anchor, after))
+        rows = list(
+            await session.scalars(
+                query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit + 1)
+            )
+        )
+    return TaskPage(tasks=rows[:limit], has_more=len(rows) > limit)
+
+
+class RecentDurations:
+    """How long recent tasks took, averaged and cached briefly: polls of pending
+    tasks ask for it constantly, and it changes only as tasks finish."""
+
+    SAMPLE = 50
+    TTL_SECONDS = 5.0
+
+    def __init__(self) -> None:
+        self._average: float | None = None
+        self._expires = 0.0
+
+    async def average(self, db: Database) -> float | None:
+        now = time.monotonic()
+        if now >= self._expires:
+            async with db.read() as session:
+                durations = [
+                    (finished - started).total_seconds()
+                    for started, finished in await session.execute(
+                        select(Task.started_at, Task.finished_at)
+                        .where(Task.status == COMPLETED, Task.finished_at.is_not(None))
+                        .order_by(Task.finished_at.desc())
+                        .limit(self.SAMPLE)
+                    )
+                    if started is not None and finished is not None
+                ]
+            self._average = sum(durations) / len(durations) if durations else None
+            self._expires = now + self.TTL_SECONDS
+        return self._average
+
+
+async def progress_estimate(db: Database, task: Task, recent: RecentDurations) -> dict[str, Any]:
+    """For an unfinished task: its place in the queue (claimed oldest first) and a
+    rough time to completion from how long recent tasks took."""
+    average = await recent.average(db)
+    if task.status == PROCESSING:
+        eta = None if average is None else average * (100 - task.progress) / 100
+        return {"queue_position": 0, "eta_seconds": _rounded(eta)}
+    counts = await db.read_one(
+        select(
+            select(func.count())
+            .where(Task.status == PENDING, Task.available_at < task.available_at)
+            .scalar_subquery()
+            .label("ahead"),
+            select(func.count())
+            .where(Task.status == PROCESSING)
+            .scalar_subquery()
+            .label("running"),
+        )
+    )
+    assert counts is not None
+    position = int(counts["ahead"]) + 1
+    slots = max(1, int(counts["running"]))
+    eta = None if average is None else average * (position / slots + 1)
+    return {"queue_position": position, "eta_seconds": _rounded(eta)}
+
+
+def _rounded(seconds: float | None) -> int | None:
+    return None if seconds is None else max(0, round(seconds))

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench` measures the service against a baseline in the same run."""

@@ -1,0 +1,171 @@
+"""`python -m bench`: the service's hot paths as ratios to a baseline measured in
+the same run, submit-to-claim latency, preview engine speed, and growth.
+
+    python -m bench [--seconds 10] [--connections 64] [--postgres] [--big 1000000]
+
+Prints a Markdown table (the one in BENCHMARKS.md). Needs `wrk` (Debian).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench import growth, latency, servers
+from bench.load import LoadResult, wrk
+from imagine.engines.base import GenerationJob, JobControl
+from imagine.engines.preview import PreviewEngine
+
+BODY = '{"prompt": "a beautiful landscape with mountains", "mode": "fun", "ratio": "1:1"}'
+
+
+def database_env(postgres: bool) -> tuple[dict[str, str], object]:
+    if not postgres:
+        return {}, None
+    from bench.pg import TemporaryDatabase
+
+    database = TemporaryDatabase()
+    return {"IMAGINE_DATABASE_URL": database.url, "IMAGINE_AUTO_MIGRATE": "true"}, database
+
+
+def hot_paths(args: argparse.Namespace, rows: list[tuple[str, str]]) -> None:
+    with servers.baseline() as url:
+        base_get = wrk(f"{url}/v1/status", seconds=args.seconds, connections=args.connections)
+        base_post = wrk(
+            f"{url}/v1/generate",
+            seconds=args.seconds,
+            connections=args.connections,
+            method="POST",
+            body=BODY,
+            headers={"Content-Type": "application/json"},
+        )
+    env, database = database_env(args.postgres)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = Path(tmp)
+        key = servers.create_key(data_dir, env)
+        auth = {"Authorization": f"Bearer {key['key']}"}
+        with servers.imagine(data_dir, env, workers=0) as url:
+            task_id = httpx.post(
+                f"{url}/v1/generate",
+                content=BODY,
+                headers={**auth, "Content-Type": "application/json"},
+            ).json()["data"]["task_id"]
+            status = wrk(
+                f"{url}/v1/status?task_id={task_id}",
+                seconds=args.seconds,
+                connections=args.connections,
+                headers=auth,
+            )
+            submit = wrk(
+                f"{url}/v1/generate",
+                seconds=args.seconds,
+                connections=args.connections,
+                method="POST",
+                body=BODY,
+                headers={**auth, "Content-Type": "application/json"},
+            )
+    if database is not None:
+        database.drop()  # type: ignore[attr-defined]
+
+    def row(name: str, result: LoadResult, base: LoadResult | None) -> tuple[str, str]:
+        ratio = (
+            f" ({result.requests_per_second / base.requests_per_second:.2f}× baseline)"
+            if base
+            else ""
+        )
+        bad = f", {result.non_2xx} non-2xx" if result.non_2xx else ""
+        return name, (
+            f"{result.requests_per_second:,.0f} req/s{ratio}; p50 {result.p50_ms:.2f} ms, "
+            f"p99 {result.p99_ms:.2f} ms{bad}"
+        )
+
+    rows += [
+        row("baseline GET (constant JSON)", base_get, None),
+        row("baseline POST (constant JSON)", base_post, None),
+        row("GET /v1/status", status, base_get),
+        row("POST /v1/generate", submit, base_post),
+    ]
+
+
+def preview_speed(rows: list[tuple[str, str]]) -> None:
+    engine = PreviewEngine()
+    for resolution, (width, height) in (("480p", (848, 480)), ("720p", (1280, 720))):
+        job = GenerationJob(
+            task_id="bench",
+            prompt="a beautiful landscape with mountains",
+            mode="fun",
+            ratio="16:9",
+            resolution=resolution,
+            width=width,
+            height=height,
+            duration=6,
+            seed=1,
+        )
+        times = []
+        for _ in range(3):
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                asyncio.run(engine.generate(job, Path(tmp), JobControl()))
+                times.append(time.perf_counter() - start)
+        best = min(times)
+        rows.append(
+            (
+                f"preview engine, 6 s 16:9 {resolution}",
+                f"{best:.2f} s ({6 / best:.1f}× real time; best of 3)",
+            )
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--seconds", type=int, default=10, help="per load run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
+    parser.add_argument("--big", type=int, default=1_000_000, help="tasks in the large database")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["http", "claim", "preview", "growth"]
+    )
+    args = parser.parse_args()
+
+    rows: list[tuple[str, str]] = []
+    if "http" not in args.skip:
+        hot_paths(args, rows)
+    if "claim" not in args.skip:
+        env, database = database_env(args.postgres)
+        samples = latency.submit_to_claim(env)
+        if database is not None:
+            database.drop()  # type: ignore[attr-defined]
+        rows.append(
+            (
+                "submit → processing (idle worker)",
+                f"p50 {statistics.median(samples):.1f} ms, "
+                f"p99 {latency.percentile(samples, 99):.1f} ms ({len(samples)} tasks)",
+            )
+        )
+    if "preview" not in args.skip:
+        preview_speed(rows)
+    if "growth" not in args.skip:
+        rows += growth.compare(args, 10_000, args.big)
+
+    print(
+        f"\nImagine benchmarks · {platform.node()} · {platform.processor() or platform.machine()}"
+        f" · Python {platform.python_version()} · {'PostgreSQL' if args.postgres else 'SQLite'}\n"
+    )
+    print("| measure | result |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()

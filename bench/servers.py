@@ -1,0 +1,114 @@
+"""Servers under test, each a separate process on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = {"IMAGINE_LOG_LEVEL": "warning", "IMAGINE_RATE_LIMIT_ENTERPRISE": "1000000000"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running(args: list[str], env: dict[str, str], health: str) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [arg.replace("{port}", str(port)) for arg in args]
+    process = subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env={**os.environ, **QUIET, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + health, timeout=1)
+                break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{argv} did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def baseline() -> AbstractContextManager[str]:
+    return running(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "bench.baseline_app:app",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        {},
+        "/v1/status",
+    )
+
+
+def imagine(data_dir: Path, env: dict[str, str], workers: int) -> AbstractContextManager[str]:
+    return running(
+        [
+            sys.executable,
+            "-m",
+            "imagine",
+            "serve",
+            "--port",
+            "{port}",
+            "--data-dir",
+            str(data_dir),
+            "--workers",
+            str(workers),
+        ],
+        env,
+        "/healthz",
+    )
+
+
+def create_key(data_dir: Path, env: dict[str, str]) -> dict[str, str]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imagine",
+            "keys",
+            "create",
+            "--plan",
+            "enterprise",
+            "--credits",
+            str(10**12),
+            "--json",
+            "--data-dir",
+            str(data_dir),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **QUIET, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)  # type: ignore[no-any-return]
