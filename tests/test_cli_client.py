@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from imagine.media.video import probe_mp4
-from loopback_doubles import serve_files
 
 from conftest import RunningServer, make_settings, start_server
 from helpers import wait_for_task
+from loopback_doubles import serve_files
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ unsafe targets refused before any connection."""
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +12,7 @@ import pytest
 
 from conftest import RunningServer
 from helpers import balance_and_ledger, image_bytes, run_db, wait_for_task
+from loopback_doubles import CountingListener
 
 FILES = {
     "/photo.webp": ("image/webp", image_bytes((10, 120, 200), "WEBP")),
@@ -85,35 +85,6 @@ def test_failed_image_fails_the_task_and_refunds_in_full(
     assert data["response"] == []
     balance, total = run_db(server.settings, lambda db: balance_and_ledger(db, issued.account_id))
     assert balance == total == 100
-
-
-class CountingListener:
-    """A real loopback socket that counts connection attempts."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.1)
-        self.port = int(self.sock.getsockname()[1])
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
 
 
 @pytest.mark.parametrize(

@@ -53,10 +53,10 @@ from imagine.client import (
 )
 from imagine.media.video import probe_mp4
 from imagine.settings import Settings
-from loopback_doubles import FaultProxy, Reply, Seen, envelope, serve_files
 
 from conftest import RunningServer, make_settings, start_server
 from helpers import balance_and_ledger, image_bytes, run_db
+from loopback_doubles import FaultProxy, Reply, Seen, envelope, serve_files
 
 ROOT = Path(__file__).resolve().parents[1]
 Factory = Callable[..., RunningServer]

@@ -5,7 +5,6 @@ killed with SIGKILL."""
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from imagine.webhooks.signing import new_secret, signature
 
 from conftest import RunningServer, make_settings
 from helpers import run_db, wait_for_task
+from loopback_doubles import CountingListener
 from processes import ImagineProcess, ServeProcess, free_port
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -149,35 +149,6 @@ class Receiver:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-class CountingListener:
-    """A socket that only counts the connections made to it."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.05)
-        self.port = int(self.sock.getsockname()[1])
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
 
 
 # -- helpers ---------------------------------------------------------------------

@@ -8,20 +8,20 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from imagine.accounts import service as accounts
-from imagine.credits import ledger
-from imagine.db import schema
-from imagine.db.database import Database
-from imagine.db.schema import SchemaOutOfDate
-from imagine.runtime import prepare_database
 from imagine.settings import PLANS, Settings, SettingsError, load_settings
-from imagine.webhooks import service as webhooks
+
+if TYPE_CHECKING:
+    from imagine.accounts import service as accounts
+    from imagine.db.database import Database
+
+# Server modules (FastAPI, SQLAlchemy, Alembic, engines) are imported inside the
+# commands that need them, so the client commands start quickly.
 
 # No rich markup: help texts such as "[env IMAGINE_DATA_DIR]" must print as written.
 app = typer.Typer(
@@ -68,6 +68,9 @@ def _with_db(
     settings: Settings, action: Callable[[Database], Awaitable[T]], *, prepare: bool = True
 ) -> T:
     """Run `action` on the configured database, schema checked (or upgraded) first."""
+    from imagine.db.database import Database
+    from imagine.db.schema import SchemaOutOfDate
+    from imagine.runtime import prepare_database
 
     async def runner() -> T:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +156,8 @@ def serve(
 
 async def _bootstrap_key(db: Database, credits: int) -> accounts.IssuedKey | None:
     """On a first start with no keys, a development account and key to begin with."""
+    from imagine.accounts import service as accounts
+
     async with db.write() as session:
         if await accounts.count_keys(session):
             return None
@@ -176,6 +181,8 @@ def worker(
 
     SIGTERM or Ctrl-C lets in-flight tasks finish (or hands them back to the queue).
     """
+    from imagine.db.schema import SchemaOutOfDate
+
     settings = _settings(
         data_dir=data_dir,
         engine=engine or ("diffusers" if model else None),
@@ -192,7 +199,7 @@ def worker(
 
 
 async def _run_workers(settings: Settings, concurrency: int) -> None:
-    from imagine.runtime import WorkerPool, build_services
+    from imagine.runtime import WorkerPool, build_services, prepare_database
 
     svc = build_services(settings)
     try:
@@ -219,6 +226,8 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
 ) -> None:
     """Apply schema migrations to the configured database."""
+    from imagine.db import schema
+
     settings = _settings(data_dir=data_dir)
 
     async def action(db: Database) -> str | None:
@@ -231,6 +240,8 @@ def db_upgrade(
 @db_app.command("current")
 def db_current(data_dir: DataDir = None) -> None:
     """Show the database's schema revision and the one this version needs."""
+    from imagine.db import schema
+
     settings = _settings(data_dir=data_dir)
     current = _with_db(settings, schema.current_revision, prepare=False)
     console.print(f"database: {current or 'empty'} · needed: {schema.head_revision()}")
@@ -253,6 +264,8 @@ def keys_create(
     ] = False,
 ) -> None:
     """Create an account with a key, and print the key (only now)."""
+    from imagine.accounts import service as accounts
+
     if plan not in PLANS:
         errors.print(f"error: --plan must be one of {', '.join(PLANS)}")
         raise typer.Exit(2)
@@ -293,6 +306,8 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines")] = False,
 ) -> None:
     """List keys (never the keys themselves: prefix and last characters)."""
+    from imagine.accounts import service as accounts
+
     settings = _settings(data_dir=data_dir)
 
     async def action(db: Database) -> list[accounts.KeyListing]:
@@ -336,6 +351,8 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
     """Revoke a key at once."""
+    from imagine.accounts import service as accounts
+
     settings = _settings(data_dir=data_dir)
 
     async def action(db: Database) -> bool:
@@ -355,6 +372,8 @@ def credits_grant(
     data_dir: DataDir = None,
 ) -> None:
     """Add credits to an account (recorded in its ledger)."""
+    from imagine.credits import ledger
+
     settings = _settings(data_dir=data_dir)
 
     async def action(db: Database) -> int | None:
@@ -384,6 +403,8 @@ def webhooks_secret(
 
     Tasks with a callback_url are refused until the account has one.
     """
+    from imagine.webhooks import service as webhooks
+
     settings = _settings(data_dir=data_dir)
 
     async def action(db: Database) -> str:

@@ -14,7 +14,8 @@ import typer
 from rich.console import Console
 
 from imagine.engines.diffusers.check import ModelReport, inspect_model_dir, supports
-from imagine.engines.diffusers.mapping import RATIOS, frame_count, size_table
+from imagine.engines.diffusers.mapping import frame_count, size_table
+from imagine.sizes import RATIOS
 
 models_app = typer.Typer(help="Inspect local model directories.", no_args_is_help=True)
 console = Console(highlight=False, markup=False, soft_wrap=True)

@@ -6,6 +6,7 @@ touches the database, the HTTP layer or storage: the worker owns those.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -83,3 +84,26 @@ class Engine(Protocol):
         see, `imagine.failures.Cancelled` when `control.cancel_event` is set.
         """
         ...
+
+
+BlockingRender = Callable[[GenerationJob, Path, ProgressCallback, Callable[[], bool]], None]
+
+
+async def render_in_thread(
+    render: BlockingRender, job: GenerationJob, path: Path, control: JobControl
+) -> None:
+    """Run a blocking `render(job, path, on_progress, should_stop)` in a worker thread.
+
+    A thread cannot be killed: when the awaiting task is cancelled (a time limit,
+    a shutdown), the render is told to stop at its next check instead.
+    """
+    abandoned = threading.Event()
+
+    def should_stop() -> bool:
+        return control.cancel_event.is_set() or abandoned.is_set()
+
+    try:
+        await asyncio.to_thread(render, job, path, control.on_progress, should_stop)
+    except asyncio.CancelledError:
+        abandoned.set()
+        raise

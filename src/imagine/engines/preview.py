@@ -27,7 +27,6 @@ thread while libx264 encodes, which uses the CPU that x264 leaves idle.
 
 from __future__ import annotations
 
-import asyncio
 import colorsys
 import contextlib
 import hashlib
@@ -45,7 +44,13 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
-from imagine.engines.base import EngineCapabilities, GenerationJob, JobControl, ProgressCallback
+from imagine.engines.base import (
+    EngineCapabilities,
+    GenerationJob,
+    JobControl,
+    ProgressCallback,
+    render_in_thread,
+)
 from imagine.failures import Cancelled, FailureReason, TaskFailure
 from imagine.media.images import InputImage
 from imagine.media.video import (
@@ -106,17 +111,7 @@ class PreviewEngine:
     async def generate(self, job: GenerationJob, workdir: Path, control: JobControl) -> list[Path]:
         """Render `workdir / OUTPUT_NAME` in a worker thread and return it."""
         path = workdir / OUTPUT_NAME
-        abandoned = threading.Event()
-
-        def should_stop() -> bool:
-            return control.cancel_event.is_set() or abandoned.is_set()
-
-        try:
-            await asyncio.to_thread(self.render, job, path, control.on_progress, should_stop)
-        except asyncio.CancelledError:
-            # The thread cannot be killed; tell it to stop and clean up.
-            abandoned.set()
-            raise
+        await render_in_thread(self.render, job, path, control)
         return [path]
 
     def render(

@@ -7,8 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagine.engines.diffusers.mapping import RATIOS, RESOLUTIONS
+from imagine.engines.diffusers.mapping import RESOLUTIONS
 from imagine.settings import Settings
+from imagine.sizes import RATIOS
 
 MEMORY_PRESETS = ("resident", "offload", "group-offload")
 STEP_CACHES = ("none", "first-block", "mag")

@@ -16,7 +16,6 @@ model's frame rate.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import io
 import logging
@@ -30,7 +29,13 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
-from imagine.engines.base import EngineCapabilities, GenerationJob, JobControl, ProgressCallback
+from imagine.engines.base import (
+    EngineCapabilities,
+    GenerationJob,
+    JobControl,
+    ProgressCallback,
+    render_in_thread,
+)
 from imagine.engines.diffusers.check import ModelDirectoryError, inspect_model_dir
 from imagine.engines.diffusers.config import DiffusersConfig
 from imagine.engines.diffusers.families import FamilyAdapter, ModelSpec, adapter_for
@@ -153,17 +158,7 @@ class DiffusersEngine:
     async def generate(self, job: GenerationJob, workdir: Path, control: JobControl) -> list[Path]:
         """Render `workdir / OUTPUT_NAME` in a thread and return it."""
         path = workdir / OUTPUT_NAME
-        abandoned = threading.Event()
-
-        def should_stop() -> bool:
-            return control.cancel_event.is_set() or abandoned.is_set()
-
-        try:
-            await asyncio.to_thread(self.run, job, path, control.on_progress, should_stop)
-        except asyncio.CancelledError:
-            # A time limit or shutdown: the thread stops at its next step.
-            abandoned.set()
-            raise
+        await render_in_thread(self.run, job, path, control)
         return [path]
 
     def run(

@@ -11,27 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from imagine.engines.diffusers.families import ModelSpec
+from imagine.sizes import FRAME_SIZES, RATIOS
 
-# DESIGN §2: ratio × resolution → (width, height). Kept here (not imported from
-# the tasks package) so the engine has no dependency on the HTTP layer.
-DESIGN_SIZES: dict[tuple[str, str], tuple[int, int]] = {
-    ("1:1", "480p"): (480, 480),
-    ("16:9", "480p"): (848, 480),
-    ("9:16", "480p"): (480, 848),
-    ("3:2", "480p"): (720, 480),
-    ("2:3", "480p"): (480, 720),
-    ("4:3", "480p"): (640, 480),
-    ("3:4", "480p"): (480, 640),
-    ("1:1", "720p"): (720, 720),
-    ("16:9", "720p"): (1280, 720),
-    ("9:16", "720p"): (720, 1280),
-    ("3:2", "720p"): (1080, 720),
-    ("2:3", "720p"): (720, 1080),
-    ("4:3", "720p"): (960, 720),
-    ("3:4", "720p"): (720, 960),
-}
-RATIOS = ("1:1", "16:9", "9:16", "2:3", "3:2", "4:3", "3:4")
-RESOLUTIONS = ("480p", "720p")
+RESOLUTIONS = ("480p", "720p")  # of the contract's sizes, what Wan models serve
 
 # Mode presets: (text appended to the prompt, text appended to the negative prompt).
 # `normal` keeps the prompt and uses the model's standard negative prompt;
@@ -76,7 +58,7 @@ def size_table(
     wanted = {(r, res) for r in ratios for res in resolutions}
     return {
         key: snap_size(*size, spec.grid, scale)
-        for key, size in DESIGN_SIZES.items()
+        for key, size in FRAME_SIZES.items()
         if key in wanted
     }
 
