@@ -428,7 +428,7 @@ def test_an_event_whose_delivery_lease_expired_is_delivered_again(server_factory
         run_db(api_only.settings, die_mid_delivery)
         time.sleep(0.3)
         assert hooks.received == []  # an API-only process does not deliver
-        server_factory(workers=1)  # the same database
+        server_factory(workers=1, database_url=api_only.settings.resolved_database_url)
         hooks.wait_for("/ok")
         with api_only.client(issued.key) as client:
             listed = wait_for_delivery_status(client, task_id, "delivered")
