@@ -6,7 +6,7 @@ import hmac
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagine.accounts import keys
@@ -97,16 +97,21 @@ async def create_key(
     )
 
 
+# Built once: a statement object caches its compiled SQL, so the hot path skips
+# rebuilding and re-hashing it on every request.
+_KEY_BY_HASH = (
+    select(ApiKey.id, ApiKey.key_hash, ApiKey.account_id, ApiKey.is_test, Account.plan)
+    .join(Account, Account.id == ApiKey.account_id)
+    .where(ApiKey.key_hash == bindparam("digest"), ApiKey.revoked_at.is_(None))
+)
+
+
 async def authenticate(db: Database, key: str) -> Principal | None:
     """The principal behind a bearer key, or None for a malformed, unknown or revoked one."""
     if not keys.is_well_formed(key):
         return None
     digest = keys.hash_key(key)
-    row = await db.read_one(
-        select(ApiKey.id, ApiKey.key_hash, ApiKey.account_id, ApiKey.is_test, Account.plan)
-        .join(Account, Account.id == ApiKey.account_id)
-        .where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
-    )
+    row = await db.read_one(_KEY_BY_HASH, {"digest": digest})
     if row is None or not hmac.compare_digest(row["key_hash"], digest):
         return None
     return Principal(

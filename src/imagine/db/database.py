@@ -61,13 +61,15 @@ class Database:
         async with self._read() as session:
             yield session
 
-    async def read_one(self, statement: Executable) -> RowMapping | None:
+    async def read_one(
+        self, statement: Executable, params: dict[str, Any] | None = None
+    ) -> RowMapping | None:
         """The first row of a small, indexed read, as a mapping (see the module doc)."""
         if self._hot_engine is not None:
             with self._hot_engine.connect() as conn:
-                return conn.execute(statement).mappings().first()
+                return conn.execute(statement, params).mappings().first()
         async with self._read_engine.connect() as conn:
-            return (await conn.execute(statement)).mappings().first()
+            return (await conn.execute(statement, params)).mappings().first()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy import bindparam, delete, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from imagine.accounts.service import Principal
@@ -130,11 +130,22 @@ async def _submit_once(
         return task_id
 
 
+# Built once (see accounts.service._KEY_BY_HASH): status polling is the hottest read.
+_TASK_BY_ID = select(Task.__table__).where(
+    Task.id == bindparam("task_id"), Task.account_id == bindparam("account_id")
+)
+_QUEUE_COUNTS = select(
+    select(func.count())
+    .where(Task.status == PENDING, Task.available_at < bindparam("available_at"))
+    .scalar_subquery()
+    .label("ahead"),
+    select(func.count()).where(Task.status == PROCESSING).scalar_subquery().label("running"),
+)
+
+
 async def get_task(db: Database, principal: Principal, task_id: str) -> Task:
     """The caller's task; another account's task is indistinguishable from none."""
-    row = await db.read_one(
-        select(Task.__table__).where(Task.id == task_id, Task.account_id == principal.account_id)
-    )
+    row = await db.read_one(_TASK_BY_ID, {"task_id": task_id, "account_id": principal.account_id})
     if row is None:
         raise NotFound("Task not found")
     return Task(**row)
@@ -269,18 +280,7 @@ async def progress_estimate(db: Database, task: Task, recent: RecentDurations) -
     if task.status == PROCESSING:
         eta = None if average is None else average * (100 - task.progress) / 100
         return {"queue_position": 0, "eta_seconds": _rounded(eta)}
-    counts = await db.read_one(
-        select(
-            select(func.count())
-            .where(Task.status == PENDING, Task.available_at < task.available_at)
-            .scalar_subquery()
-            .label("ahead"),
-            select(func.count())
-            .where(Task.status == PROCESSING)
-            .scalar_subquery()
-            .label("running"),
-        )
-    )
+    counts = await db.read_one(_QUEUE_COUNTS, {"available_at": task.available_at})
     assert counts is not None
     position = int(counts["ahead"]) + 1
     slots = max(1, int(counts["running"]))
