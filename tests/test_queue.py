@@ -128,3 +128,18 @@ async def test_release_hands_the_task_back_without_using_an_attempt(db: Database
     assert (row.status, row.attempts, row.lease_owner) == ("pending", 0, None)
     again = await queue.claim(db, "b", 30)
     assert again is not None and again.attempt == 1
+
+
+async def test_engine_state_survives_a_release_and_only_the_owner_may_save_it(
+    db: Database,
+) -> None:
+    await new_task(db)
+    first = await queue.claim(db, "a", 30)
+    assert first is not None and first.engine_state == {}
+    assert await queue.save_engine_state(db, first, {"upstream": "req-1"})
+    assert await queue.release(db, first)
+    second = await queue.claim(db, "b", 30)
+    assert second is not None and second.engine_state == {"upstream": "req-1"}
+    assert not await queue.save_engine_state(db, first, {"upstream": "stale"})
+    again = await task_row(db, second.task_id)
+    assert again.engine_state == {"upstream": "req-1"}

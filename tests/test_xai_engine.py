@@ -450,6 +450,60 @@ async def test_cancel_stops_polling_at_once(fake: FakeXai, tmp_path: Path) -> No
     assert await asyncio.to_thread(lambda: list(tmp_path.iterdir())) == []
 
 
+def test_a_server_stopped_mid_generation_resumes_it_after_restart(
+    xai_server: Callable[..., RunningServer], fake: FakeXai
+) -> None:
+    release = threading.Event()
+    fake.script = Script(polls=[Step(progress=10, until=release), Step("DONE")])
+    first = xai_server(shutdown_grace_seconds=0.1)
+    issued = first.new_key()
+    with first.client(issued.key) as client:
+        task_id = client.post("/v1/generate", json={"prompt": "resume me", "duration": 1}).json()[
+            "data"
+        ]["task_id"]
+        deadline = time.monotonic() + 20
+        while not fake.polls:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    first.stop()  # graceful: the task goes back to the queue with its upstream id
+    release.set()
+    second = xai_server()
+    with second.client(issued.key) as client:
+        data = wait_for_task(client, task_id)
+    assert data["status"] == "completed", data
+    assert len(fake.starts) == 1  # billed upstream once
+
+
+async def test_a_reclaimed_task_resumes_the_upstream_generation_instead_of_paying_again(
+    fake: FakeXai, tmp_path: Path
+) -> None:
+    """A task stopped after its start (shutdown, lost lease) keeps the upstream
+    request id; the next attempt polls that generation, no second start."""
+    release = threading.Event()
+    fake.script = Script(polls=[Step(progress=10, until=release), Step("DONE")])
+    saved: dict[str, Any] = {}
+
+    async def checkpoint(state: dict[str, Any]) -> None:
+        saved.update(state)
+
+    first = JobControl(checkpoint=checkpoint)
+    running = asyncio.create_task(_engine(fake).generate(_job(), tmp_path, first))
+    for _ in range(500):
+        if fake.polls:
+            break
+        await asyncio.sleep(0.01)
+    first.cancel_event.set()
+    with pytest.raises(Cancelled):
+        await running
+    assert saved == {"xai_request_id": fake.polls[0]}
+
+    release.set()
+    paths = await _engine(fake).generate(_job(resume=saved), tmp_path, JobControl())
+    assert paths == [tmp_path / "video.mp4"]
+    assert len(fake.starts) == 1
+    assert set(fake.polls) == {saved["xai_request_id"]}
+
+
 async def test_time_estimate_reports_progress_when_xai_sends_none(
     fake: FakeXai, tmp_path: Path
 ) -> None:

@@ -121,6 +121,9 @@ class Task(Base):
     is_test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     test_outcome: Mapped[str | None] = mapped_column(String(20), nullable=True)
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Saved by the engine (JobControl.checkpoint) so a later attempt resumes paid
+    # upstream work instead of starting it again.
+    engine_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class WebhookEvent(Base):

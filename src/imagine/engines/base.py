@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from imagine.media.images import InputImage
 
@@ -52,6 +52,15 @@ class GenerationJob:
     seed: int | None
     images: tuple[InputImage, ...] = ()
     fps: int = 24
+    resume: Mapping[str, Any] = field(default_factory=dict)
+    """What an earlier attempt of this task saved with `JobControl.checkpoint`."""
+
+
+Checkpoint = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+async def _no_checkpoint(_state: dict[str, Any]) -> None:
+    return None
 
 
 @dataclass
@@ -60,6 +69,9 @@ class JobControl:
 
     on_progress: ProgressCallback = lambda _fraction: None
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    checkpoint: Checkpoint = field(default=_no_checkpoint)
+    """Save state a later attempt can resume from (e.g. an upstream request id),
+    so a retried or re-claimed task does not start paid work twice."""
 
     @property
     def cancelled(self) -> bool:

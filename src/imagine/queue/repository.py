@@ -14,7 +14,7 @@ same statement is safe there.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -40,6 +40,7 @@ class ClaimedTask:
     lease_token: str
     engine: str = ""
     test_outcome: str | None = None
+    engine_state: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ async def claim(db: Database, worker_id: str, lease_seconds: float) -> ClaimedTa
                     Task.max_attempts,
                     Task.engine,
                     Task.test_outcome,
+                    Task.engine_state,
                 )
             )
         ).first()
@@ -95,6 +97,7 @@ async def claim(db: Database, worker_id: str, lease_seconds: float) -> ClaimedTa
         lease_token=token,
         engine=row.engine,
         test_outcome=row.test_outcome,
+        engine_state=row.engine_state or {},
     )
 
 
@@ -184,6 +187,13 @@ async def heartbeat(
     if row is None:
         return Heartbeat(alive=False)
     return Heartbeat(alive=True, cancel_requested=row.cancel_requested_at is not None)
+
+
+async def save_engine_state(db: Database, claimed: ClaimedTask, state: dict[str, Any]) -> bool:
+    """Keep what the engine needs to resume this task on a later attempt; fenced,
+    so a worker that lost the task cannot overwrite the new owner's state."""
+    async with db.write() as session:
+        return await _fenced_update(session, claimed, engine_state=state, updated_at=utcnow())
 
 
 async def cancel_requested(db: Database, claimed: ClaimedTask) -> bool:

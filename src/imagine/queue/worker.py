@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from imagine.db.database import Database
 from imagine.engines.base import Engine, GenerationJob, JobControl
@@ -95,6 +96,12 @@ class Worker:
 
     async def process(self, claimed: ClaimedTask) -> None:
         control = JobControl()
+
+        async def checkpoint(state: dict[str, Any]) -> None:
+            if not await queue.save_engine_state(self.db, claimed, state):
+                log.warning("%s: could not save engine state of %s", self.name, claimed.task_id)
+
+        control.checkpoint = checkpoint
         progress = _Progress()
         control.on_progress = progress.update
         self._current = control
@@ -207,6 +214,7 @@ class Worker:
             seed=request.seed,
             images=tuple(images),
             fps=engine.capabilities.fps,
+            resume=claimed.engine_state,
         )
         return await engine.generate(job, workdir, control)
 

@@ -55,6 +55,7 @@ __all__ = ["OUTPUT_NAME", "XaiConfig", "XaiEngine"]
 log = logging.getLogger("imagine.engines.xai")
 
 OUTPUT_NAME = "video.mp4"
+RESUME_KEY = "xai_request_id"  # saved with JobControl.checkpoint after a start
 _CANCEL_CHECK_SECONDS = 0.05
 _BACKOFF = 1.5
 _CHUNK = 1 << 16
@@ -162,7 +163,15 @@ class _Job:
             channel_options=[("grpc.enable_retries", 0)],
         )
         try:
-            await self._start(client, request)
+            resumed = str(self.job.resume.get(RESUME_KEY) or "")
+            if resumed:
+                # An earlier attempt started this generation (and was billed for
+                # it): poll that one instead of starting a second.
+                self.request_id = resumed
+                log.info("xai: %s resumes %s", self.job.task_id, resumed)
+            else:
+                await self._start(client, request)
+                await self.control.checkpoint({RESUME_KEY: self.request_id})
             url = await self._wait(client)
         finally:
             await client.close()
