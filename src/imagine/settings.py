@@ -253,9 +253,16 @@ class Settings(BaseSettings):
         description="Comma-separated ratios served (fewer sizes: fewer compile warm-ups).",
     )
 
-    @field_validator("diffusers_resolutions", "diffusers_ratios", mode="before")
+    @field_validator(
+        "enabled_modes",
+        "webhook_retry_delays",
+        "diffusers_resolutions",
+        "diffusers_ratios",
+        mode="before",
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
+        """Every list setting is written `a,b,c` in the environment."""
         if isinstance(value, str):
             value = tuple(item.strip() for item in value.split(",") if item.strip())
         return value
@@ -268,13 +275,6 @@ class Settings(BaseSettings):
         return value.strip() if value else None
 
     # --- end of the diffusers block -------------------------------------------
-
-    @field_validator("enabled_modes", mode="before")
-    @classmethod
-    def _split_modes(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = tuple(m.strip() for m in value.split(",") if m.strip())
-        return value
 
     @field_validator("enabled_modes")
     @classmethod
@@ -299,13 +299,6 @@ class Settings(BaseSettings):
     def _s3_url(cls, value: str | None) -> str | None:
         if value is not None and not (value.startswith("s3://") and len(value) > len("s3://")):
             raise ValueError("must look like s3://bucket or s3://bucket/prefix")
-        return value
-
-    @field_validator("webhook_retry_delays", mode="before")
-    @classmethod
-    def _split_delays(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
     @field_validator("webhook_retry_delays")
