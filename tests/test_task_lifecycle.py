@@ -193,6 +193,9 @@ def test_account_and_ledger_after_a_mixed_history(server: RunningServer, tmp_pat
         rest = client.get(
             "/v1/account/ledger", params={"limit": 4, "after": first["next_after"]}
         ).json()["data"]
+        for bad in ("0", "-5", str(2**80), "x"):  # the last id a client may send is 2**63 - 1
+            answer = client.get("/v1/account/ledger", params={"after": bad})
+            assert answer.status_code == 400, (bad, answer.text)
     entries = first["entries"] + rest["entries"]
     assert not rest["has_more"]
     assert [e["kind"] for e in entries][-1] == "grant"

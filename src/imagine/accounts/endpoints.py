@@ -39,7 +39,9 @@ async def ledger(
     svc: Annotated[Services, Depends(services)],
     caller: Annotated[Principal, Depends(principal)],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: Annotated[int | None, Query(description="next_after of the previous page")] = None,
+    after: Annotated[
+        int | None, Query(ge=1, le=2**63 - 1, description="next_after of the previous page")
+    ] = None,
 ) -> JSONResponse:
     """Every grant, debit and refund with the balance after it, newest first."""
     page = await usage.ledger_page(svc.db, caller, limit=limit, after=after)

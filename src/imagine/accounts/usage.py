@@ -11,7 +11,6 @@ from sqlalchemy import func, select
 from imagine.accounts.service import Principal
 from imagine.db.database import Database
 from imagine.db.models import Account, LedgerEntry, Task
-from imagine.errors import InvalidRequest
 from imagine.ids import utcnow
 from imagine.tasks.service import isoformat
 from imagine.tasks.states import ALL
@@ -62,8 +61,6 @@ async def ledger_page(
     db: Database, principal: Principal, *, limit: int, after: int | None
 ) -> LedgerPage:
     """Ledger rows, newest first; `after` is the last id of the previous page."""
-    if after is not None and after < 1:
-        raise InvalidRequest("The after parameter must be an entry id from a previous page")
     async with db.read() as session:
         query = select(LedgerEntry).where(LedgerEntry.account_id == principal.account_id)
         if after is not None:
