@@ -6,12 +6,14 @@ Each refusal must leave balances, tasks and ledgers exactly as they were.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
 import pytest
 
 from imagine.accounts.keys import generate_key
+from imagine.accounts.service import KeyCache, revoke_key
 from imagine.db.database import Database
 from imagine.db.models import Task
 
@@ -58,21 +60,57 @@ def test_malformed_keys_are_401(server: RunningServer, header: str) -> None:
         assert_error(answer, 401, "UNAUTHORIZED")
 
 
-def test_unknown_and_revoked_keys_are_401(server: RunningServer) -> None:
+async def _revoke_in(db: Database, key_id: str) -> None:
+    async with db.write() as session:
+        assert await revoke_key(session, key_id)
+
+
+def _revoke(server: RunningServer, key_id: str) -> None:
+    run_db(server.settings, lambda db: _revoke_in(db, key_id))
+
+
+def test_unknown_and_revoked_keys_are_401(server_factory: Any) -> None:
+    server = server_factory(key_cache_seconds=0)
     issued = server.new_key()
     with server.client(generate_key()) as stranger:
         assert_error(stranger.get("/v1/status", params={"task_id": "x"}), 401, "UNAUTHORIZED")
-
-    async def revoke(db: Database) -> None:
-        from imagine.accounts.service import revoke_key
-
-        async with db.write() as session:
-            assert await revoke_key(session, issued.key_id)
-
     with server.client(issued.key) as client:
         assert_error(client.get("/v1/status", params={"task_id": "x"}), 404, "NOT_FOUND")
-        run_db(server.settings, revoke)
+        _revoke(server, issued.key_id)
         assert_error(client.get("/v1/status", params={"task_id": "x"}), 401, "UNAUTHORIZED")
+
+
+def test_a_revoked_key_stops_working_within_the_key_cache_time(server_factory: Any) -> None:
+    server = server_factory(key_cache_seconds=1)
+    issued = server.new_key()
+    with server.client(issued.key) as client:
+        assert_error(client.get("/v1/status", params={"task_id": "x"}), 404, "NOT_FOUND")
+        _revoke(server, issued.key_id)
+        time.sleep(1.05)
+        assert_error(client.get("/v1/status", params={"task_id": "x"}), 401, "UNAUTHORIZED")
+        # An unknown key is never remembered: refused at once, every time.
+        with server.client(generate_key()) as stranger:
+            for _ in range(3):
+                answer = stranger.get("/v1/status", params={"task_id": "x"})
+                assert_error(answer, 401, "UNAUTHORIZED")
+
+
+def test_key_cache_bounds_revocation_by_its_ttl(server: RunningServer) -> None:
+    """The cache's rule on a controlled clock: remembered below the TTL, looked up again at it."""
+    issued = server.new_key()
+    clock = [1000.0]
+
+    async def scenario(db: Database) -> list[bool]:
+        cache = KeyCache(db, ttl=5, clock=lambda: clock[0])
+        seen = [await cache.authenticate(issued.key) is not None]
+        await _revoke_in(db, issued.key_id)
+        clock[0] += 4.9
+        seen.append(await cache.authenticate(issued.key) is not None)
+        clock[0] += 0.1
+        seen.append(await cache.authenticate(issued.key) is not None)
+        return seen
+
+    assert run_db(server.settings, scenario) == [True, True, False]
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,7 @@ def test_keys_and_credits_commands_work_while_serving(
     tmp_path: Path, processes: list[ImagineProcess]
 ) -> None:
     data_dir = tmp_path / "data"
-    serving = ServeProcess(data_dir)
+    serving = ServeProcess(data_dir, env={"IMAGINE_KEY_CACHE_SECONDS": "1"})
     processes.append(serving)
     created = json.loads(
         cli(
@@ -127,6 +127,7 @@ def test_keys_and_credits_commands_work_while_serving(
         assert ok.headers["x-ratelimit-limit"] == "5000"
         revoked = cli("keys", "revoke", created["key_id"], "--data-dir", str(data_dir))
         assert revoked.returncode == 0
+        time.sleep(1.05)  # the server remembers a valid key for IMAGINE_KEY_CACHE_SECONDS
         assert client.get("/v1/status", params={"task_id": "x"}).status_code == 401
     assert cli("keys", "revoke", created["key_id"], "--data-dir", str(data_dir)).returncode == 1
     assert cli("credits", "grant", "acct_missing", "5", "--data-dir", str(data_dir)).returncode == 1

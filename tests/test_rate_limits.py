@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from imagine.api.ratelimit import LocalWindows
 from imagine.db.models import IdempotencyRecord
 
 from conftest import RunningServer
@@ -65,3 +66,38 @@ def test_rate_limited_idempotent_submit_records_nothing(server_factory: Any) -> 
         )
         assert refused.status_code == 429
     assert count_rows(server.settings, IdempotencyRecord) == 0
+
+
+def test_local_windows_are_exact_moving_windows() -> None:
+    """The in-process windows on a controlled clock: L requests in any 60 s, a
+    refusal not counted, room again exactly when the oldest counted one is 60 s old."""
+    clock = [1000.0]
+    windows = LocalWindows(clock=lambda: clock[0])
+
+    def hit() -> tuple[bool, int, float]:
+        state = windows.hit("key", 3)
+        return state.allowed, state.remaining, state.reset_time
+
+    assert hit() == (True, 2, 1060.0)
+    clock[0] = 1030.0
+    assert hit() == (True, 1, 1060.0)
+    assert hit() == (True, 0, 1060.0)
+    assert hit() == (False, 0, 1060.0)  # refused, and not counted
+    clock[0] = 1060.0
+    assert hit() == (False, 0, 1060.0)  # the first request is exactly 60 s old: still counts
+    clock[0] = 1060.001
+    assert hit() == (True, 0, 1090.0)  # its slot is free; the two from 1030 remain
+    clock[0] = 1090.5
+    assert hit() == (True, 1, 1060.001 + 60)
+    assert windows.hit("other", 3).remaining == 2  # per identity
+
+
+def test_local_windows_forget_idle_identities() -> None:
+    clock = [0.0]
+    windows = LocalWindows(clock=lambda: clock[0])
+    for n in range(LocalWindows.SWEEP_EVERY - 1):
+        windows.hit(f"caller-{n}", 5)
+    clock[0] = 61.0
+    windows.hit("late", 5)  # this hit triggers the sweep
+    assert windows.hit("caller-0", 5).remaining == 4  # counted afresh
+    assert len(windows._hits) == 2

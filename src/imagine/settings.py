@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     )
     file_url_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=300,
+        description="How long an API process remembers a valid key; a revoked key stops "
+        "working within this time. 0: look every key up on every request.",
+    )
 
     # Webhook delivery (docs/webhooks.md).
     webhook_retry_delays: Annotated[tuple[float, ...], NoDecode] = Field(

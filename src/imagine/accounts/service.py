@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagine.accounts import keys
 from imagine.credits import ledger
-from imagine.db.database import Database
+from imagine.db.database import Database, in_session
 from imagine.db.models import Account, ApiKey
 from imagine.ids import new_id, utcnow
 
@@ -58,7 +60,7 @@ async def create_account(
     session.add(account)
     await session.flush()
     if credits:
-        await ledger.grant(session, account.id, credits, note="initial credits")
+        await in_session(session, ledger.grant, account.id, credits, "initial credits")
     return await create_key(
         session, account.id, plan=plan, credits=credits, name=name, is_test=is_test
     )
@@ -117,6 +119,40 @@ async def authenticate(db: Database, key: str) -> Principal | None:
     return Principal(
         account_id=row["account_id"], plan=row["plan"], key_id=row["id"], is_test=row["is_test"]
     )
+
+
+class KeyCache:
+    """Valid keys remembered for `ttl` seconds, so a client polling many times a
+    second costs one lookup per `ttl`. The price is stated and bounded: a key
+    revoked (or an account re-planned) elsewhere keeps its old answer for at
+    most `ttl` seconds in each API process. Unknown keys are never remembered,
+    and entries are keyed by the key's hash, not the key.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, db: Database, ttl: float, clock: Callable[[], float] = time.monotonic):
+        self._db = db
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    async def authenticate(self, key: str) -> Principal | None:
+        if self._ttl <= 0:
+            return await authenticate(self._db, key)
+        digest = keys.hash_key(key)
+        now = self._clock()
+        entry = self._entries.get(digest)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        self._entries.pop(digest, None)
+        principal = await authenticate(self._db, key)
+        if principal is None:
+            return None
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.pop(next(iter(self._entries)))  # the oldest entry
+        self._entries[digest] = (now + self._ttl, principal)
+        return principal
 
 
 async def list_keys(session: AsyncSession) -> list[KeyListing]:

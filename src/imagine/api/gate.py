@@ -12,7 +12,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagine.accounts.service import Principal
@@ -108,20 +108,20 @@ class V1Gate:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        async def send_with_limits(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).update(rate_headers)
-            await send(message)
-
+        raw_rate_headers = [
+            (name.lower().encode(), value.encode()) for name, value in rate_headers.items()
+        ]
         started = False
 
-        async def send_tracked(message: Message) -> None:
+        async def send_with_limits(message: Message) -> None:
             nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send_with_limits(message)
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", ()), *raw_rate_headers]
+            await send(message)
 
         try:
-            await self.app(scope, replay, send_tracked)
+            await self.app(scope, replay, send_with_limits)
         except Exception as exc:
             # Unexpected errors still answer with the envelope and the limit headers.
             if started:

@@ -1,23 +1,34 @@
-"""Per-key, per-minute request limits (the `limits` library, moving window).
+"""Per-key, per-minute request limits: exact moving windows.
 
 A moving window is exact: a limit of L passes L requests in any 60 seconds
-and refuses the next, with no double burst at a window edge. The storage is
-in memory for one process; a shared store (Redis) makes it hold across
-processes without changing this code.
+and refuses the next, with no double burst at a window edge.
+
+Shared by several API processes, the windows live in Redis and the `limits`
+library keeps them (its moving-window strategy, one Lua call per hit). In one
+process they live in memory, kept here: `limits`' in-memory moving window
+inserts each hit at the front of a list (work proportional to the window)
+and takes an asyncio lock per call (or, in its synchronous form, starts a
+timer thread every 10 ms). On the status path that cost about 12% of a
+request and stalled the slowest ones; a deque per key costs a few
+microseconds and never waits.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
-__all__ = ["RateLimitState", "RateLimiter", "StorageError"]
+__all__ = ["LocalWindows", "RateLimitState", "RateLimiter", "StorageError"]
+
+WINDOW_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -42,9 +53,53 @@ class RateLimitState:
         return headers
 
 
+class LocalWindows:
+    """Moving windows in this process's memory: per identity, the times of the
+    requests counted in the last minute, oldest first (at most `limit` of them).
+
+    Same rules as `limits`' moving window: a hit at the window's edge still
+    counts, a refused request is not counted, and the window has room again
+    when its oldest counted request is a minute old.
+    """
+
+    SWEEP_EVERY = 10_000  # hits between removals of identities idle for a minute
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._hits: dict[str, deque[float]] = {}
+        self._until_sweep = self.SWEEP_EVERY
+
+    def hit(self, identity: str, limit: int) -> RateLimitState:
+        now = self._clock()
+        cutoff = now - WINDOW_SECONDS
+        hits = self._hits.get(identity)
+        if hits is None:
+            hits = self._hits[identity] = deque()
+        while hits and hits[0] < cutoff:
+            hits.popleft()
+        allowed = len(hits) < limit
+        if allowed:
+            hits.append(now)
+        self._until_sweep -= 1
+        if self._until_sweep <= 0:
+            self._sweep(cutoff)
+        return RateLimitState(
+            allowed=allowed,
+            limit=limit,
+            remaining=limit - len(hits),
+            reset_time=(hits[0] if hits else now) + WINDOW_SECONDS,
+        )
+
+    def _sweep(self, cutoff: float) -> None:
+        self._until_sweep = self.SWEEP_EVERY
+        for identity in [key for key, hits in self._hits.items() if not hits or hits[-1] < cutoff]:
+            del self._hits[identity]
+
+
 class RateLimiter:
     def __init__(self, storage: Storage | None = None) -> None:
-        self._limiter = MovingWindowRateLimiter(storage or MemoryStorage())
+        self._shared = MovingWindowRateLimiter(storage) if storage is not None else None
+        self._local = LocalWindows()
         self._items: dict[int, RateLimitItemPerMinute] = {}
 
     @classmethod
@@ -65,11 +120,13 @@ class RateLimiter:
 
     async def hit(self, identity: str, per_minute: int) -> RateLimitState:
         """Count one request for `identity`; a refused request is not counted."""
+        if self._shared is None:
+            return self._local.hit(identity, per_minute)
         item = self._items.get(per_minute)
         if item is None:
             item = self._items[per_minute] = RateLimitItemPerMinute(per_minute)
-        allowed = await self._limiter.hit(item, identity)
-        stats = await self._limiter.get_window_stats(item, identity)
+        allowed = await self._shared.hit(item, identity)
+        stats = await self._shared.get_window_stats(item, identity)
         return RateLimitState(
             allowed=allowed,
             limit=per_minute,

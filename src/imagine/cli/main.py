@@ -373,12 +373,15 @@ def credits_grant(
 ) -> None:
     """Add credits to an account (recorded in its ledger)."""
     from imagine.credits import ledger
+    from imagine.db.database import in_session
 
     settings = _settings(data_dir=data_dir)
 
     async def action(db: Database) -> int | None:
         async with db.write() as session:
-            return await ledger.grant(session, account_id, amount, note="granted by operator")
+            return await in_session(
+                session, ledger.grant, account_id, amount, "granted by operator"
+            )
 
     balance = _with_db(settings, action)
     if balance is None:

@@ -1,84 +1,90 @@
 """Where money moves. Every balance change is one conditional UPDATE plus one
 ledger row carrying the balance after it, inside the caller's transaction, so
 the balance always equals the sum of the ledger.
+
+The functions are plain code over `Tx`, so the same ones run in the submit
+path's group commit and, through `imagine.db.database.in_session`, inside ORM
+sessions elsewhere.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import Executable, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagine.db.models import Account, LedgerEntry
+from imagine.db.prepared import Tx
 from imagine.ids import utcnow
 
+_ADD = (
+    update(Account)
+    .where(Account.id == bindparam("account_id"))
+    .values(balance=Account.balance + bindparam("amount"))
+    .returning(Account.balance)
+)
+# The check and the subtraction are one statement, so concurrent submits can
+# never overdraw: the database serialises them on the account row.
+_SUBTRACT_IF_COVERED = (
+    update(Account)
+    .where(Account.id == bindparam("account_id"), Account.balance >= bindparam("amount"))
+    .values(balance=Account.balance - bindparam("amount"))
+    .returning(Account.balance)
+)
+_RECORD = insert(LedgerEntry).values(
+    account_id=bindparam("account_id"),
+    kind=bindparam("kind"),
+    amount=bindparam("signed"),
+    balance_after=bindparam("balance_after"),
+    task_id=bindparam("task_id"),
+    note=bindparam("note"),
+    created_at=bindparam("created_at"),
+)
 
-async def _record(
-    session: AsyncSession,
+
+def _move(
+    tx: Tx,
+    statement: Executable,
     account_id: str,
     kind: str,
     amount: int,
-    balance_after: int,
     task_id: str | None = None,
     note: str = "",
-) -> None:
-    session.add(
-        LedgerEntry(
-            account_id=account_id,
-            kind=kind,
-            amount=amount,
-            balance_after=balance_after,
-            task_id=task_id,
-            note=note,
-            created_at=utcnow(),
-        )
-    )
-    await session.flush()
-
-
-async def grant(session: AsyncSession, account_id: str, amount: int, note: str = "") -> int | None:
-    """Add credits; returns the new balance, or None when the account does not exist."""
-    balance = await session.scalar(
-        update(Account)
-        .where(Account.id == account_id)
-        .values(balance=Account.balance + amount)
-        .returning(Account.balance)
-    )
-    if balance is None:
+) -> int | None:
+    row = tx.first(statement, {"account_id": account_id, "amount": amount})
+    if row is None:
         return None
-    await _record(session, account_id, "grant", amount, balance, note=note)
-    return int(balance)
-
-
-async def debit(session: AsyncSession, account_id: str, task_id: str, cost: int) -> bool:
-    """Charge a task, only if the balance covers it. False means insufficient credits.
-
-    The check and the subtraction are one statement, so concurrent submits can
-    never overdraw: the database serialises them on the account row.
-    """
-    balance = await session.scalar(
-        update(Account)
-        .where(Account.id == account_id, Account.balance >= cost)
-        .values(balance=Account.balance - cost)
-        .returning(Account.balance)
+    balance = int(row["balance"])
+    tx.run(
+        _RECORD,
+        {
+            "account_id": account_id,
+            "kind": kind,
+            "signed": -amount if kind == "debit" else amount,
+            "balance_after": balance,
+            "task_id": task_id,
+            "note": note,
+            "created_at": utcnow(),
+        },
     )
-    if balance is None:
-        return False
-    await _record(session, account_id, "debit", -cost, balance, task_id=task_id)
-    return True
+    return balance
 
 
-async def refund(session: AsyncSession, account_id: str, task_id: str, amount: int) -> None:
+def grant(tx: Tx, account_id: str, amount: int, note: str = "") -> int | None:
+    """Add credits; returns the new balance, or None when the account does not exist."""
+    return _move(tx, _ADD, account_id, "grant", amount, note=note)
+
+
+def debit(tx: Tx, account_id: str, task_id: str, cost: int) -> bool:
+    """Charge a task, only if the balance covers it. False means insufficient credits."""
+    return _move(tx, _SUBTRACT_IF_COVERED, account_id, "debit", cost, task_id=task_id) is not None
+
+
+def refund(tx: Tx, account_id: str, task_id: str, amount: int) -> None:
     """Give a task's charge back. Callers refund only on the transition that
     ends the task, and the ledger's unique (task_id, kind) makes a second
     refund impossible even if that guard were ever bypassed."""
-    balance = await session.scalar(
-        update(Account)
-        .where(Account.id == account_id)
-        .values(balance=Account.balance + amount)
-        .returning(Account.balance)
-    )
+    balance = _move(tx, _ADD, account_id, "refund", amount, task_id=task_id)
     assert balance is not None, "a task's account cannot disappear"
-    await _record(session, account_id, "refund", amount, balance, task_id=task_id)
 
 
 async def ledger_sum(session: AsyncSession, account_id: str) -> int:

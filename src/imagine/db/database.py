@@ -7,20 +7,26 @@ transactions start with `BEGIN IMMEDIATE`: writers queue on the lock (up to
 the busy timeout) instead of failing, while reads stay concurrent under WAL.
 On PostgreSQL both are the same engine.
 
-The hottest reads (authenticating a key, reading a task for `/v1/status`) go
-through `read_one`. On SQLite it runs a Core statement on a plain synchronous
-connection, on the event loop: an indexed point read in WAL mode takes tens of
-microseconds and never waits for writers, while a hop to aiosqlite's thread
-costs far more than the query itself. On PostgreSQL it is an ordinary async read.
+The hot paths bypass the ORM on SQLite (see `imagine.db.prepared`):
+
+- `read_one` runs a small indexed read on a plain `sqlite3` connection, on the
+  event loop: in WAL mode such a read takes microseconds and never waits for
+  writers, while a hop to aiosqlite's thread costs far more than the query.
+- `transaction` runs a unit of work through the group committer
+  (`imagine.db.group_commit`): concurrent units share one commit.
+
+On PostgreSQL both are ordinary async SQLAlchemy calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Executable, RowMapping, create_engine, event
+from sqlalchemy import Connection, Executable, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -29,6 +35,12 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
+
+from imagine.db.group_commit import GroupCommitter
+from imagine.db.prepared import ConnectionTx, Row, SqliteTx
+
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 HOT_READ_BUSY_TIMEOUT_MS = 1_000  # WAL readers wait only in rare checkpoint corners
@@ -40,15 +52,14 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
-        self._hot_engine: Engine | None = None
+        self._committer: GroupCommitter | None = None
+        self._hot = threading.local()
+        self._hot_connections: list[sqlite3.Connection] = []
         if self.is_sqlite:
+            self._path = make_url(url).database or ""
             self._read_engine = _sqlite_engine(url, begin="BEGIN")
             self._write_engine = _sqlite_engine(url, begin="BEGIN IMMEDIATE")
-            self._hot_engine = create_engine(
-                make_url(url).set(drivername="sqlite"),
-                connect_args={"timeout": HOT_READ_BUSY_TIMEOUT_MS / 1000},
-            )
-            event.listen(self._hot_engine, "connect", _hot_sqlite_pragmas)
+            self._committer = GroupCommitter(lambda: _sqlite_connect(self._path))
         else:
             self._read_engine = create_async_engine(url, pool_pre_ping=True)
             self._write_engine = self._read_engine
@@ -61,15 +72,31 @@ class Database:
         async with self._read() as session:
             yield session
 
-    async def read_one(
-        self, statement: Executable, params: dict[str, Any] | None = None
-    ) -> RowMapping | None:
-        """The first row of a small, indexed read, as a mapping (see the module doc)."""
-        if self._hot_engine is not None:
-            with self._hot_engine.connect() as conn:
-                return conn.execute(statement, params).mappings().first()
+    async def read_one(self, statement: Executable, params: Mapping[str, Any]) -> Row | None:
+        """The first row of a small, indexed read (see the module doc)."""
+        if self.is_sqlite:
+            return SqliteTx(self._hot_connection()).first(statement, params)
         async with self._read_engine.connect() as conn:
-            return (await conn.execute(statement, params)).mappings().first()
+            row = (await conn.execute(statement, dict(params))).mappings().first()
+            return None if row is None else dict(row)
+
+    async def read_all(self, statement: Executable, params: Mapping[str, Any]) -> list[Row]:
+        """Every row of a small, indexed read (see the module doc)."""
+        if self.is_sqlite:
+            return SqliteTx(self._hot_connection()).all(statement, params)
+        async with self._read_engine.connect() as conn:
+            return [dict(row) for row in (await conn.execute(statement, dict(params))).mappings()]
+
+    async def transaction(self, work: Callable[..., T], *args: Any) -> T:
+        """`work(tx, *args)` in one transaction, returning once it is committed.
+
+        `work` is plain synchronous code over `Tx`; if it raises, nothing it
+        did is kept. On SQLite concurrent units share a commit (group commit).
+        """
+        if self._committer is not None:
+            return await self._committer.run(work, *args)
+        async with self._write_engine.begin() as conn:
+            return await conn.run_sync(_on_connection, work, *args)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -84,17 +111,57 @@ class Database:
             yield connection
 
     async def dispose(self) -> None:
-        if self._hot_engine is not None:
-            self._hot_engine.dispose()
+        if self._committer is not None:
+            self._committer.close()
+        for connection in self._hot_connections:
+            connection.close()
+        self._hot_connections.clear()
+        self._hot = threading.local()
         await self._read_engine.dispose()
         if self._write_engine is not self._read_engine:
             await self._write_engine.dispose()
 
+    def _hot_connection(self) -> sqlite3.Connection:
+        """This thread's read-only connection (an event loop lives in one thread)."""
+        connection: sqlite3.Connection | None = getattr(self._hot, "connection", None)
+        if connection is None:
+            connection = _sqlite_connect(self._path, busy_timeout_ms=HOT_READ_BUSY_TIMEOUT_MS)
+            connection.execute("PRAGMA query_only=ON")
+            self._hot.connection = connection
+            self._hot_connections.append(connection)
+        return connection
 
-def _hot_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout={HOT_READ_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA query_only=ON")
+
+async def in_session(session: AsyncSession, work: Callable[..., T], *args: Any) -> T:
+    """`work(tx, *args)` inside an ORM session's transaction (for units shared
+    between the hot paths and ORM code, such as the ledger's)."""
+    return await session.run_sync(_on_session, work, *args)
+
+
+def _on_connection(connection: Connection, work: Callable[..., T], *args: Any) -> T:
+    return work(ConnectionTx(connection), *args)
+
+
+def _on_session(session: Session, work: Callable[..., T], *args: Any) -> T:
+    return work(ConnectionTx(session.connection()), *args)
+
+
+def _sqlite_connect(path: str, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> sqlite3.Connection:
+    """A plain connection with the same settings as the SQLAlchemy ones; autocommit
+    mode, so transactions are exactly the BEGINs its user issues."""
+    connection = sqlite3.connect(
+        path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+    )
+    _sqlite_pragmas(connection, busy_timeout_ms)
+    return connection
+
+
+def _sqlite_pragmas(connection: Any, busy_timeout_ms: int) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
@@ -105,12 +172,7 @@ def _sqlite_engine(url: str, *, begin: str) -> AsyncEngine:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event, not the driver, open transactions.
         dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
+        _sqlite_pragmas(dbapi_connection, SQLITE_BUSY_TIMEOUT_MS)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:

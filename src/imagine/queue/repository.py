@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagine.credits import ledger
-from imagine.db.database import Database
+from imagine.db.database import Database, in_session
 from imagine.db.models import Task, WebhookEvent
 from imagine.failures import FailureReason
 from imagine.ids import new_id, utcnow
@@ -149,7 +149,7 @@ async def _end(
     if row is None:
         return False
     if status != COMPLETED and row.cost:
-        await ledger.refund(session, row.account_id, row.id, row.cost)
+        await in_session(session, ledger.refund, row.account_id, row.id, row.cost)
     if row.callback_url:
         session.add(
             WebhookEvent(

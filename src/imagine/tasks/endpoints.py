@@ -12,12 +12,11 @@ from pydantic import BaseModel, ConfigDict, StrictStr
 from imagine.accounts.service import Principal
 from imagine.api.envelope import success
 from imagine.api.services import Services, principal, services
-from imagine.db.models import Task
 from imagine.errors import InvalidRequest
 from imagine.failures import TEST_OUTCOMES
 from imagine.tasks import service
+from imagine.tasks.polling import task_view
 from imagine.tasks.schemas import GenerateBody, validate_generation
-from imagine.tasks.states import PENDING, PROCESSING
 from imagine.webhooks.service import require_signing_secret
 
 # Documents the scheme in OpenAPI; `V1Gate` does the checking.
@@ -120,14 +119,6 @@ async def generate(
     return success({"task_id": task_id})
 
 
-async def _task_view(svc: Services, http_request: Request, task: Task) -> dict[str, Any]:
-    base_url = svc.base_url(http_request)
-    view = service.status_view(task, lambda key: svc.storage.url(key, base_url))
-    if task.status in (PENDING, PROCESSING):
-        view.update(await service.progress_estimate(svc.db, task, svc.recent_durations))
-    return view
-
-
 @router.get("/status", response_model=TaskEnvelope, responses=ERRORS)
 async def status(
     http_request: Request,
@@ -135,9 +126,12 @@ async def status(
     caller: Annotated[Principal, Depends(principal)],
     task_id: Annotated[str, Query(description="The id returned by /v1/generate")],
 ) -> JSONResponse:
-    """A task's state; `response` lists the video URLs once it is completed."""
+    """A task's state; `response` lists the video URLs once it is completed.
+
+    The ordinary request is answered by `imagine.tasks.polling.StatusFastPath`
+    with the same `task_view`; this route declares it and answers the rest."""
     task = await service.get_task(svc.db, caller, task_id)
-    return success(await _task_view(svc, http_request, task))
+    return success(await task_view(svc, task, lambda: svc.base_url(http_request)))
 
 
 class CancelBody(BaseModel):
@@ -157,7 +151,7 @@ async def cancel(
     processing one is stopped within seconds (`cancel_requested` until then);
     a finished one answers 409 `TASK_FINISHED`."""
     task = await service.cancel(svc.db, caller, body.task_id)
-    return success(await _task_view(svc, http_request, task))
+    return success(await task_view(svc, task, lambda: svc.base_url(http_request)))
 
 
 class TaskListData(BaseModel):
@@ -189,5 +183,5 @@ async def list_tasks(
     views = [
         service.status_view(task, lambda key: svc.storage.url(key, base_url)) for task in page.tasks
     ]
-    next_after = page.tasks[-1].id if page.has_more else None
+    next_after = page.tasks[-1]["id"] if page.has_more else None
     return success({"tasks": views, "has_more": page.has_more, "next_after": next_after})

@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, tuple_
+from sqlalchemy import ColumnElement, Label, bindparam, case, delete, func, insert, select, tuple_
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
 from imagine.accounts.service import Principal
 from imagine.credits import ledger
 from imagine.db.database import Database
 from imagine.db.models import IdempotencyRecord, Task
+from imagine.db.prepared import Row, Tx
 from imagine.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound, TaskFinished
 from imagine.ids import new_id, utcnow
 from imagine.queue import repository as queue
@@ -45,114 +47,168 @@ async def submit(
     idempotency_key: str | None = None,
     test_outcome: str | None = None,
 ) -> str:
-    """Charge and enqueue one generation; returns the task id.
+    """Charge and enqueue one generation; returns the task id once committed.
 
     Debit, ledger row, task row and idempotency record commit together or not
     at all. With an `Idempotency-Key`, a repeat of the same request returns the
     first task without charging again; a different request under the same key
-    is a conflict. Two concurrent first uses race on the record's primary key:
-    the loser sees the winner's record on its second pass.
+    is a conflict. Two concurrent first uses (PostgreSQL; SQLite has one
+    writer) race on the record's primary key: the loser sees the winner's
+    record on its second pass.
     """
     fingerprint = request_fingerprint(request) if idempotency_key else ""
+    submission = _Submission(
+        principal, request.to_json(), policy, idempotency_key, fingerprint, test_outcome
+    )
     for _ in range(2):
         try:
-            return await _submit_once(
-                db, principal, request, policy, idempotency_key, fingerprint, test_outcome
-            )
+            return await db.transaction(_submit_once, submission)
         except IntegrityError:
             if idempotency_key is None:
                 raise
     raise Conflict("A request with this Idempotency-Key is still being processed")
 
 
-async def _submit_once(
-    db: Database,
-    principal: Principal,
-    request: GenerationRequest,
-    policy: SubmitPolicy,
-    idempotency_key: str | None,
-    fingerprint: str,
-    test_outcome: str | None,
-) -> str:
+@dataclass(frozen=True)
+class _Submission:
+    principal: Principal
+    request: dict[str, Any]
+    policy: SubmitPolicy
+    idempotency_key: str | None
+    fingerprint: str
+    test_outcome: str | None
+
+
+_IDEMPOTENCY_RECORD = select(IdempotencyRecord.__table__).where(
+    IdempotencyRecord.account_id == bindparam("account_id"),
+    IdempotencyRecord.key == bindparam("key"),
+)
+_FORGET_IDEMPOTENCY = delete(IdempotencyRecord).where(
+    IdempotencyRecord.account_id == bindparam("account_id"),
+    IdempotencyRecord.key == bindparam("key"),
+)
+_REMEMBER_IDEMPOTENCY = insert(IdempotencyRecord)
+_ENQUEUE = insert(Task)
+
+
+def _submit_once(tx: Tx, submission: _Submission) -> str:
+    principal, policy, key = submission.principal, submission.policy, submission.idempotency_key
     now = utcnow()
-    async with db.write() as session:
-        if idempotency_key is not None:
-            record = await session.get(IdempotencyRecord, (principal.account_id, idempotency_key))
-            if record is not None and record.created_at > now - policy.idempotency_ttl:
-                if record.request_hash != fingerprint:
-                    raise Conflict("This Idempotency-Key was already used with a different request")
-                return record.task_id
-            if record is not None:
-                await session.execute(
-                    delete(IdempotencyRecord).where(
-                        IdempotencyRecord.account_id == principal.account_id,
-                        IdempotencyRecord.key == idempotency_key,
-                    )
-                )
-        task_id = new_id("task")
-        charged = policy.cost > 0
-        if charged and not await ledger.debit(session, principal.account_id, task_id, policy.cost):
-            raise InsufficientCredits(
-                f"Insufficient credits: this generation costs {policy.cost} credits"
-            )
-        session.add(
-            Task(
-                id=task_id,
-                account_id=principal.account_id,
-                status=PENDING,
-                request=request.to_json(),
-                cost=policy.cost,
-                consumed_credits=policy.cost,
-                engine=policy.engine,
-                outputs=[],
-                progress=0,
-                attempts=0,
-                max_attempts=policy.max_attempts,
-                created_at=now,
-                updated_at=now,
-                available_at=now,
-                is_test=principal.is_test,
-                test_outcome=test_outcome,
-                callback_url=request.callback_url,
-            )
+    if key is not None:
+        known = {"account_id": principal.account_id, "key": key}
+        record = tx.first(_IDEMPOTENCY_RECORD, known)
+        if record is not None and record["created_at"] > now - policy.idempotency_ttl:
+            if record["request_hash"] != submission.fingerprint:
+                raise Conflict("This Idempotency-Key was already used with a different request")
+            return str(record["task_id"])
+        if record is not None:
+            tx.run(_FORGET_IDEMPOTENCY, known)
+    task_id = new_id("task")
+    if policy.cost > 0 and not ledger.debit(tx, principal.account_id, task_id, policy.cost):
+        raise InsufficientCredits(
+            f"Insufficient credits: this generation costs {policy.cost} credits"
         )
-        if idempotency_key is not None:
-            await session.flush()
-            session.add(
-                IdempotencyRecord(
-                    account_id=principal.account_id,
-                    key=idempotency_key,
-                    request_hash=fingerprint,
-                    task_id=task_id,
-                    created_at=now,
-                )
-            )
-        return task_id
+    tx.run(
+        _ENQUEUE,
+        {
+            "id": task_id,
+            "account_id": principal.account_id,
+            "status": PENDING,
+            "request": submission.request,
+            "cost": policy.cost,
+            "consumed_credits": policy.cost,
+            "engine": policy.engine,
+            "outputs": [],
+            "progress": 0,
+            "attempts": 0,
+            "max_attempts": policy.max_attempts,
+            "created_at": now,
+            "updated_at": now,
+            "available_at": now,
+            "is_test": principal.is_test,
+            "test_outcome": submission.test_outcome,
+            "callback_url": submission.request.get("callback_url"),
+        },
+    )
+    if key is not None:
+        tx.run(
+            _REMEMBER_IDEMPOTENCY,
+            {
+                "account_id": principal.account_id,
+                "key": key,
+                "request_hash": submission.fingerprint,
+                "task_id": task_id,
+                "created_at": now,
+            },
+        )
+    return task_id
 
 
-# Built once (see accounts.service._KEY_BY_HASH): status polling is the hottest read.
-_TASK_BY_ID = select(Task.__table__).where(
-    Task.id == bindparam("task_id"), Task.account_id == bindparam("account_id")
+# What the status view, the queue estimate and the deliveries listing read;
+# fewer columns to convert on the most frequent read of all.
+_VIEW_COLUMNS = (
+    Task.id,
+    Task.status,
+    Task.request,
+    Task.outputs,
+    Task.progress,
+    Task.consumed_credits,
+    Task.error_message,
+    Task.engine,
+    Task.created_at,
+    Task.updated_at,
+    Task.available_at,
+    Task.cancel_requested_at,
+    Task.is_test,
+    Task.callback_url,
 )
-_QUEUE_COUNTS = select(
-    select(func.count())
-    .where(Task.status == PENDING, Task.available_at < bindparam("available_at"))
-    .scalar_subquery()
-    .label("ahead"),
-    select(func.count()).where(Task.status == PROCESSING).scalar_subquery().label("running"),
-)
+_other = aliased(Task)
 
 
-async def get_task(db: Database, principal: Principal, task_id: str) -> Task:
-    """The caller's task; another account's task is indistinguishable from none."""
+def _if_pending(count: ColumnElement[int], label: str) -> Label[int | None]:
+    """A count evaluated only for a pending task (a CASE branch runs only when taken)."""
+    return case((Task.status == PENDING, count), else_=None).label(label)
+
+
+# Built once, so the compiled form is reused. One statement per poll: the task,
+# and for a pending one the tasks claimed before it and those running.
+_TASK_BY_ID = select(
+    *_VIEW_COLUMNS,
+    _if_pending(
+        select(func.count())
+        .select_from(_other)
+        .where(_other.status == PENDING, _other.available_at < Task.available_at)
+        .scalar_subquery(),
+        "queue_ahead",
+    ),
+    _if_pending(
+        select(func.count())
+        .select_from(_other)
+        .where(_other.status == PROCESSING)
+        .scalar_subquery(),
+        "queue_running",
+    ),
+).where(Task.id == bindparam("task_id"), Task.account_id == bindparam("account_id"))
+
+
+async def get_task(db: Database, principal: Principal, task_id: str) -> Row:
+    """The caller's task as a row (column name → value); another account's task is
+    indistinguishable from none. A row, not an ORM object: building one costs
+    more than the read itself on the polling path."""
     row = await db.read_one(_TASK_BY_ID, {"task_id": task_id, "account_id": principal.account_id})
     if row is None:
         raise NotFound("Task not found")
-    return Task(**row)
+    return row
+
+
+def task_row(task: Task) -> Row:
+    """An ORM task in the form `status_view` takes."""
+    return {column.key: getattr(task, column.key) for column in _VIEW_COLUMNS}
 
 
 def isoformat(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """UTC to the second, `2026-01-31T12:00:00Z` (stored datetimes are all UTC)."""
+    return moment.isoformat(timespec="seconds")[:19] + "Z"
 
 
 def public_request(request: dict[str, Any]) -> dict[str, Any]:
@@ -169,25 +225,26 @@ def public_request(request: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
-def status_view(task: Task, file_url: Callable[[str], str]) -> dict[str, Any]:
+def status_view(task: Row, file_url: Callable[[str], str]) -> dict[str, Any]:
     """The `data` object of `GET /v1/status`: the seed's fields first, then additive ones."""
+    completed = task["status"] == COMPLETED
     return {
-        "consumed_credits": task.consumed_credits,
-        "created_at": isoformat(task.created_at),
-        "status": task.status,
-        "task_id": task.id,
-        "error_message": task.error_message,
-        "request": public_request(task.request),
-        "response": [file_url(key) for key in task.outputs] if task.status == COMPLETED else [],
-        "progress": task.progress,
-        "updated_at": isoformat(task.updated_at),
-        "engine": task.engine,
-        "cancel_requested": task.cancel_requested_at is not None,
-        "test": task.is_test,
+        "consumed_credits": task["consumed_credits"],
+        "created_at": isoformat(task["created_at"]),
+        "status": task["status"],
+        "task_id": task["id"],
+        "error_message": task["error_message"],
+        "request": public_request(task["request"]),
+        "response": [file_url(key) for key in task["outputs"]] if completed else [],
+        "progress": task["progress"],
+        "updated_at": isoformat(task["updated_at"]),
+        "engine": task["engine"],
+        "cancel_requested": task["cancel_requested_at"] is not None,
+        "test": task["is_test"],
     }
 
 
-async def cancel(db: Database, principal: Principal, task_id: str) -> Task:
+async def cancel(db: Database, principal: Principal, task_id: str) -> Row:
     """Cancel the caller's task. Pending: cancelled and refunded now. Processing:
     the worker is asked to stop (it refunds when the engine stops, within
     seconds). Finished: `TaskFinished`, nothing changes."""
@@ -210,7 +267,7 @@ async def cancel(db: Database, principal: Principal, task_id: str) -> Task:
 
 @dataclass(frozen=True)
 class TaskPage:
-    tasks: list[Task]
+    tasks: list[Row]
     has_more: bool
 
 
@@ -221,7 +278,7 @@ async def list_tasks(
     rows are ordered by (created_at, id), so tasks inserted meanwhile land
     before the cursor and a page never repeats or skips one."""
     async with db.read() as session:
-        query = select(Task).where(
+        query = select(Task.__table__).where(
             Task.account_id == principal.account_id, Task.is_test == principal.is_test
         )
         if status is not None:
@@ -235,17 +292,25 @@ async def list_tasks(
             if anchor is None:
                 raise InvalidRequest("The after parameter must be a task id from a previous page")
             query = query.where(tuple_(Task.created_at, Task.id) < tuple_(anchor, after))
-        rows = list(
-            await session.scalars(
-                query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit + 1)
-            )
+        result = await session.execute(
+            query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit + 1)
         )
+        rows = [dict(row) for row in result.mappings()]
     return TaskPage(tasks=rows[:limit], has_more=len(rows) > limit)
+
+
+_RECENT_RUNS = (
+    select(Task.started_at, Task.finished_at)
+    .where(Task.status == COMPLETED, Task.finished_at.is_not(None))
+    .order_by(Task.finished_at.desc())
+    .limit(bindparam("sample"))
+)
 
 
 class RecentDurations:
     """How long recent tasks took, averaged and cached briefly: polls of pending
-    tasks ask for it constantly, and it changes only as tasks finish."""
+    tasks ask for it constantly, and it changes only as tasks finish. One
+    caller refreshes it while the others keep using the previous value."""
 
     SAMPLE = 50
     TTL_SECONDS = 5.0
@@ -257,33 +322,30 @@ class RecentDurations:
     async def average(self, db: Database) -> float | None:
         now = time.monotonic()
         if now >= self._expires:
-            async with db.read() as session:
-                durations = [
-                    (finished - started).total_seconds()
-                    for started, finished in await session.execute(
-                        select(Task.started_at, Task.finished_at)
-                        .where(Task.status == COMPLETED, Task.finished_at.is_not(None))
-                        .order_by(Task.finished_at.desc())
-                        .limit(self.SAMPLE)
-                    )
-                    if started is not None and finished is not None
-                ]
-            self._average = sum(durations) / len(durations) if durations else None
             self._expires = now + self.TTL_SECONDS
+            try:
+                runs = await db.read_all(_RECENT_RUNS, {"sample": self.SAMPLE})
+            except BaseException:
+                self._expires = 0.0
+                raise
+            durations = [
+                (run["finished_at"] - run["started_at"]).total_seconds()
+                for run in runs
+                if run["started_at"] is not None and run["finished_at"] is not None
+            ]
+            self._average = sum(durations) / len(durations) if durations else None
         return self._average
 
 
-async def progress_estimate(db: Database, task: Task, recent: RecentDurations) -> dict[str, Any]:
-    """For an unfinished task: its place in the queue (claimed oldest first) and a
-    rough time to completion from how long recent tasks took."""
+async def progress_estimate(db: Database, task: Row, recent: RecentDurations) -> dict[str, Any]:
+    """For an unfinished task read by `get_task`: its place in the queue (claimed
+    oldest first) and a rough time to completion from how long recent tasks took."""
     average = await recent.average(db)
-    if task.status == PROCESSING:
-        eta = None if average is None else average * (100 - task.progress) / 100
+    if task["status"] == PROCESSING:
+        eta = None if average is None else average * (100 - task["progress"]) / 100
         return {"queue_position": 0, "eta_seconds": _rounded(eta)}
-    counts = await db.read_one(_QUEUE_COUNTS, {"available_at": task.available_at})
-    assert counts is not None
-    position = int(counts["ahead"]) + 1
-    slots = max(1, int(counts["running"]))
+    position = int(task["queue_ahead"]) + 1
+    slots = max(1, int(task["queue_running"]))
     eta = None if average is None else average * (position / slots + 1)
     return {"queue_position": position, "eta_seconds": _rounded(eta)}
 

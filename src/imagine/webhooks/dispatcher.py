@@ -47,7 +47,7 @@ from imagine.media.netguard import (
 )
 from imagine.settings import Settings
 from imagine.storage.base import Storage
-from imagine.tasks.service import isoformat, status_view
+from imagine.tasks.service import isoformat, status_view, task_row
 from imagine.webhooks import repository
 from imagine.webhooks.repository import AttemptResult, ClaimedEvent
 from imagine.webhooks.signing import signed_headers
@@ -222,7 +222,7 @@ class Dispatcher:
         except OSError as exc:
             return AttemptResult(None, f"cannot resolve {target.host!r}: {exc}", True)
 
-        data = status_view(task, lambda key: self.storage.url(key, self._base_url))
+        data = status_view(task_row(task), lambda key: self.storage.url(key, self._base_url))
         body = build_payload(event.event_type, event.created_at, data)
         headers = {
             "Content-Type": "application/json",

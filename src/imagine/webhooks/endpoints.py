@@ -100,8 +100,8 @@ async def deliveries(
     task = await tasks.get_task(svc.db, caller, task_id)
     return success(
         {
-            "task_id": task.id,
-            "callback_url": task.callback_url,
-            "deliveries": await service.deliveries(svc.db, task.id),
+            "task_id": task["id"],
+            "callback_url": task["callback_url"],
+            "deliveries": await service.deliveries(svc.db, task["id"]),
         }
     )
