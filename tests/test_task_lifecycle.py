@@ -110,8 +110,8 @@ def test_cancel_racing_completion_charges_or_refunds_exactly_once(server: Runnin
 
 
 def test_listing_pages_stay_exact_while_tasks_are_inserted(server_factory: Any) -> None:
-    server: RunningServer = server_factory(workers=0, rate_limit_free=1000)
-    issued = server.new_key(credits=40 * 100)
+    server: RunningServer = server_factory(workers=0, rate_limit_free=100_000)
+    issued = server.new_key(credits=40 * 100_000)  # the inserter submits as fast as it can
     with server.client(issued.key) as client:
         existing = [submit(client) for _ in range(23)]
         stop = threading.Event()

@@ -15,12 +15,12 @@ from imagine import __version__
 from imagine.accounts import endpoints as account
 from imagine.accounts import service as accounts
 from imagine.api.envelope import document_errors_as_envelopes, install_error_handlers, success
+from imagine.api.fastpath import FastPaths
 from imagine.api.gate import V1Gate
 from imagine.runtime import WorkerPool, build_services, prepare_database
 from imagine.settings import Settings
 from imagine.storage import endpoints as files
 from imagine.tasks import endpoints as tasks
-from imagine.tasks.polling import StatusFastPath
 from imagine.webhooks import endpoints as webhooks
 
 log = logging.getLogger("imagine")
@@ -65,7 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
         return success({"status": "ok", "engine": svc.engine.name, "version": __version__})
 
     # Added first, so it runs inside the gate.
-    app.add_middleware(StatusFastPath, services=svc)
+    app.add_middleware(FastPaths, handlers=tasks.fast_handlers(svc))
     app.add_middleware(
         V1Gate,
         authenticate=accounts.KeyCache(svc.db, settings.key_cache_seconds).authenticate,

@@ -16,6 +16,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagine.accounts.service import Principal
+from imagine.api.asgi import replaying
 from imagine.api.envelope import error_response
 from imagine.api.ratelimit import RateLimiter, StorageError
 from imagine.errors import (
@@ -99,14 +100,7 @@ class V1Gate:
             return
 
         scope.setdefault("state", {}).update(principal=principal, rate_limit=state)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+        replay = replaying(body, receive)
 
         raw_rate_headers = [
             (name.lower().encode(), value.encode()) for name, value in rate_headers.items()

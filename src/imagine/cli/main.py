@@ -350,7 +350,7 @@ def keys_list(
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
-    """Revoke a key at once."""
+    """Revoke a key; running API processes refuse it within IMAGINE_KEY_CACHE_SECONDS."""
     from imagine.accounts import service as accounts
 
     settings = _settings(data_dir=data_dir)
@@ -362,7 +362,9 @@ def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
     if not _with_db(settings, action):
         errors.print(f"error: no active key with id {key_id}")
         raise typer.Exit(1)
-    console.print(f"revoked {key_id}")
+    console.print(
+        f"revoked {key_id}; API processes refuse it within {settings.key_cache_seconds:g} s"
+    )
 
 
 @credits_app.command("grant")

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
+from starlette.datastructures import QueryParams
+from starlette.responses import Response
+from starlette.types import Scope
 
 from imagine.accounts.service import Principal
 from imagine.api.envelope import success
+from imagine.api.fastpath import FastHandler
 from imagine.api.services import Services, principal, services
+from imagine.db.prepared import Row
 from imagine.errors import InvalidRequest
 from imagine.failures import TEST_OUTCOMES
 from imagine.tasks import service
-from imagine.tasks.polling import task_view
 from imagine.tasks.schemas import GenerateBody, validate_generation
+from imagine.tasks.states import PENDING, PROCESSING
 from imagine.webhooks.service import require_signing_secret
 
 # Documents the scheme in OpenAPI; `V1Gate` does the checking.
@@ -104,6 +112,16 @@ async def generate(
     ] = None,
 ) -> JSONResponse:
     """Submit a text- or image-to-video task; costs the configured credits (40)."""
+    return await _accept(svc, caller, body, idempotency_key, test_outcome)
+
+
+async def _accept(
+    svc: Services,
+    caller: Principal,
+    body: GenerateBody,
+    idempotency_key: str | None,
+    test_outcome: str | None,
+) -> JSONResponse:
     request = validate_generation(body, svc.settings, svc.engine_for(caller).capabilities)
     if request.callback_url is not None:
         await require_signing_secret(svc.db, caller.account_id)
@@ -119,6 +137,72 @@ async def generate(
     return success({"task_id": task_id})
 
 
+_SUBMIT_HEADERS = {
+    b"content-type": "content_type",
+    b"idempotency-key": "idempotency_key",
+    b"imagine-test-outcome": "test_outcome",
+}
+
+
+async def generate_fast(svc: Services, scope: Scope, body: bytes) -> Response | None:
+    """`generate` without the framework (see `imagine.api.fastpath`) for a JSON
+    body that passes the model; anything else goes to the route."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        field = _SUBMIT_HEADERS.get(name.lower())
+        if field is not None:
+            if field in found:
+                return None
+            found[field] = value.decode("latin-1")
+    media_type = found.get("content_type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        return None
+    try:
+        payload = GenerateBody.model_validate(orjson.loads(body))
+    except (orjson.JSONDecodeError, ValidationError):
+        return None
+    return await _accept(
+        svc,
+        scope["state"]["principal"],
+        payload,
+        found.get("idempotency_key"),
+        found.get("test_outcome"),
+    )
+
+
+async def status_fast(svc: Services, scope: Scope, body: bytes) -> Response | None:
+    """`status` without the framework for `?task_id=…` given once."""
+    query: bytes = scope["query_string"]
+    if query.startswith(b"task_id=") and not any(mark in query for mark in _NEEDS_PARSING):
+        task_id = query[8:].decode("latin-1")  # what the full parse below gives for such a query
+    else:
+        values = QueryParams(query).getlist("task_id")
+        if len(values) != 1:
+            return None
+        task_id = values[0]
+    task = await service.get_task(svc.db, scope["state"]["principal"], task_id)
+    return success(await task_view(svc, task, lambda: svc.base_url(Request(scope))))
+
+
+_NEEDS_PARSING = (b"&", b"%", b"+")
+
+
+def fast_handlers(svc: Services) -> dict[tuple[str, str], FastHandler]:
+    return {
+        ("POST", "/v1/generate"): partial(generate_fast, svc),
+        ("GET", "/v1/status"): partial(status_fast, svc),
+    }
+
+
+async def task_view(svc: Services, task: Row, base_url: Callable[[], str]) -> dict[str, Any]:
+    """A task's `data` as status and cancel show it. `base_url` is asked only
+    when there are file URLs to build."""
+    view = service.status_view(task, lambda key: svc.storage.url(key, base_url()))
+    if task["status"] in (PENDING, PROCESSING):
+        view.update(await service.progress_estimate(svc.db, task, svc.recent_durations))
+    return view
+
+
 @router.get("/status", response_model=TaskEnvelope, responses=ERRORS)
 async def status(
     http_request: Request,
@@ -128,8 +212,7 @@ async def status(
 ) -> JSONResponse:
     """A task's state; `response` lists the video URLs once it is completed.
 
-    The ordinary request is answered by `imagine.tasks.polling.StatusFastPath`
-    with the same `task_view`; this route declares it and answers the rest."""
+    The ordinary request is answered by `status_fast` with the same `task_view`."""
     task = await service.get_task(svc.db, caller, task_id)
     return success(await task_view(svc, task, lambda: svc.base_url(http_request)))
 
