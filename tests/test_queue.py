@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -14,8 +15,10 @@ from imagine.accounts.service import Principal
 from imagine.db import schema
 from imagine.db.database import Database
 from imagine.db.models import LedgerEntry, Task
+from imagine.engines.preview import PreviewEngine
 from imagine.failures import FailureReason
 from imagine.queue import repository as queue
+from imagine.queue.worker import Worker, WorkerConfig
 from imagine.tasks import service
 from imagine.tasks.schemas import GenerationRequest
 
@@ -143,3 +146,33 @@ async def test_engine_state_survives_a_release_and_only_the_owner_may_save_it(
     assert not await queue.save_engine_state(db, first, {"upstream": "stale"})
     again = await task_row(db, second.task_id)
     assert again.engine_state == {"upstream": "req-1"}
+
+
+async def test_a_wakeup_while_a_claim_comes_back_empty_is_not_lost(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submit may commit and wake the workers while a worker's claim is still
+    in flight and finds nothing; the worker must look again at once, not after
+    its poll interval (an hour here)."""
+    wakeup = asyncio.Event()
+    claims = 0
+    looked_again = asyncio.Event()
+
+    async def claim(*_args: object) -> None:
+        nonlocal claims
+        claims += 1
+        if claims == 1:
+            wakeup.set()  # the submit's wake-up, during this claim
+        else:
+            looked_again.set()
+
+    monkeypatch.setattr(queue, "claim", claim)
+    config = WorkerConfig(
+        lease_seconds=30, heartbeat_seconds=10, poll_interval=3600, task_timeout=60
+    )
+    unused: Any = None  # nothing is claimed, so nothing is fetched, run or stored
+    worker = Worker(db, PreviewEngine(), unused, unused, config, tmp_path, wakeup)
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(looked_again.wait(), 30)
+    worker.stop()
+    await running

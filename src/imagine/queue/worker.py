@@ -78,6 +78,9 @@ class Worker:
     async def run(self) -> None:
         """Claim and process tasks until `stop()`."""
         while not self._stopping.is_set():
+            # Cleared before looking, not after: a submit that commits while the
+            # claim is in flight finds the event set and the wait ends at once.
+            self.wakeup.clear()
             try:
                 await queue.recover_expired(self.db)
                 claimed = await queue.claim(self.db, self.name, self.config.lease_seconds)
@@ -90,7 +93,6 @@ class Worker:
             await self.process(claimed)
 
     async def _idle(self) -> None:
-        self.wakeup.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wakeup.wait(), self.config.poll_interval)
 
