@@ -7,15 +7,16 @@ transactions start with `BEGIN IMMEDIATE`: writers queue on the lock (up to
 the busy timeout) instead of failing, while reads stay concurrent under WAL.
 On PostgreSQL both are the same engine.
 
-The hot paths bypass the ORM on SQLite (see `imagine.db.prepared`):
+The hot paths bypass the ORM (see `imagine.db.prepared`):
 
-- `read_one` runs a small indexed read on a plain `sqlite3` connection, on the
-  event loop: in WAL mode such a read takes microseconds and never waits for
-  writers, while a hop to aiosqlite's thread costs far more than the query.
-- `transaction` runs a unit of work through the group committer
-  (`imagine.db.group_commit`): concurrent units share one commit.
-
-On PostgreSQL both are ordinary async SQLAlchemy calls.
+- `read_one`/`read_all` run a small indexed read. On SQLite, on a plain
+  `sqlite3` connection on the event loop: in WAL mode such a read takes
+  microseconds and never waits for writers, while a hop to aiosqlite's thread
+  costs far more than the query. On PostgreSQL, in one round trip on
+  asyncpg's own pool.
+- `transaction` runs a unit of work: on SQLite through the group committer
+  (`imagine.db.group_commit`), where concurrent units share one commit; on
+  PostgreSQL in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 
 from imagine.db.group_commit import GroupCommitter
-from imagine.db.prepared import ConnectionTx, Row, SqliteTx
+from imagine.db.prepared import AsyncpgReads, ConnectionTx, Row, SqliteTx
 
 T = TypeVar("T")
 
@@ -53,6 +54,7 @@ class Database:
         self.url = url
         self.is_sqlite = make_url(url).get_backend_name() == "sqlite"
         self._committer: GroupCommitter | None = None
+        self._postgres_reads: AsyncpgReads | None = None
         self._hot = threading.local()
         self._hot_connections: list[sqlite3.Connection] = []
         if self.is_sqlite:
@@ -63,6 +65,10 @@ class Database:
         else:
             self._read_engine = create_async_engine(url, pool_pre_ping=True)
             self._write_engine = self._read_engine
+            dialect = self._read_engine.dialect
+            if dialect.driver == "asyncpg":
+                _args, connect_args = dialect.create_connect_args(self._read_engine.url)
+                self._postgres_reads = AsyncpgReads(dialect, dict(connect_args))
         self._read = async_sessionmaker(self._read_engine, expire_on_commit=False)
         self._write = async_sessionmaker(self._write_engine, expire_on_commit=False)
 
@@ -74,16 +80,15 @@ class Database:
 
     async def read_one(self, statement: Executable, params: Mapping[str, Any]) -> Row | None:
         """The first row of a small, indexed read (see the module doc)."""
-        if self.is_sqlite:
-            return SqliteTx(self._hot_connection()).first(statement, params)
-        async with self._read_engine.connect() as conn:
-            row = (await conn.execute(statement, dict(params))).mappings().first()
-            return None if row is None else dict(row)
+        rows = await self.read_all(statement, params)
+        return rows[0] if rows else None
 
     async def read_all(self, statement: Executable, params: Mapping[str, Any]) -> list[Row]:
         """Every row of a small, indexed read (see the module doc)."""
         if self.is_sqlite:
             return SqliteTx(self._hot_connection()).all(statement, params)
+        if self._postgres_reads is not None:
+            return await self._postgres_reads.fetch(statement, params)
         async with self._read_engine.connect() as conn:
             return [dict(row) for row in (await conn.execute(statement, dict(params))).mappings()]
 
@@ -113,6 +118,8 @@ class Database:
     async def dispose(self) -> None:
         if self._committer is not None:
             self._committer.close()
+        if self._postgres_reads is not None:
+            await self._postgres_reads.close()
         for connection in self._hot_connections:
             connection.close()
         self._hot_connections.clear()

@@ -1,21 +1,26 @@
-"""Core statements run on a plain `sqlite3` connection, and one interface (`Tx`)
-over that and an SQLAlchemy connection, so a unit of work is written once.
+"""Core statements run straight on the database driver, and one interface
+(`Tx`) over that and an SQLAlchemy connection, so a unit of work is written once.
 
-SQLAlchemy's execution layer costs several times the SQLite work for the tiny
-point reads and inserts on the hot paths (about 30 µs against 7 µs for a
-primary-key read). `Prepared` keeps SQLAlchemy for what it is good at — the SQL
-comes from the models, and values go through the column types' own bind and
-result processors — and skips the rest: the statement is compiled once and run
-straight on the driver's cursor.
+SQLAlchemy's execution layer costs several times the database work for the
+tiny point reads and inserts on the hot paths: about 30 µs against 7 µs for a
+primary-key read on SQLite; on PostgreSQL a pre-ping, a BEGIN and a ROLLBACK
+around every read, four round trips instead of one. `Prepared` keeps
+SQLAlchemy for what it is good at — the SQL comes from the models, and values
+go through the column types' own bind and result processors for the dialect —
+and skips the rest: the statement is compiled once and run on the driver.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Connection, Executable, exc
+import asyncpg
+from sqlalchemy import Connection, Dialect, Executable, exc
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -23,7 +28,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 Row = dict[str, Any]
 Processor = Callable[[Any], Any] | None
 
-_DIALECT = sqlite_dialect.dialect()
+_SQLITE = sqlite_dialect.dialect()
 
 
 class Tx(Protocol):
@@ -39,17 +44,18 @@ class Tx(Protocol):
 
 
 class Prepared:
-    """A Core statement compiled once for SQLite (positional `?` parameters)."""
+    """A Core statement compiled once for a dialect with positional parameters
+    (SQLite's `?`, asyncpg's `$1`)."""
 
-    def __init__(self, statement: Executable) -> None:
-        compiled = cast(ClauseElement, statement).compile(dialect=_DIALECT)
+    def __init__(self, statement: Executable, dialect: Dialect = _SQLITE) -> None:
+        compiled = cast(ClauseElement, statement).compile(dialect=dialect)
         assert isinstance(compiled, SQLCompiler)
         self.sql = str(compiled)
         # Values fixed in the statement (literals such as a status); others are None
         # unless given, like a column left out of an INSERT.
         self._defaults = {name: bind.value for name, bind in compiled.binds.items()}
         self._binds: list[tuple[str, Processor]] = [
-            (name, compiled.binds[name].type.dialect_impl(_DIALECT).bind_processor(_DIALECT))
+            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
             for name in compiled.positiontup or ()
         ]
         columns = list(getattr(statement, "exported_columns", ()))
@@ -57,7 +63,7 @@ class Prepared:
         self._converted = [
             (column.key, process)
             for column in columns
-            if (process := column.type.dialect_impl(_DIALECT).result_processor(_DIALECT, None))
+            if (process := column.type.dialect_impl(dialect).result_processor(dialect, None))
         ]
 
     def parameters(self, params: Mapping[str, Any]) -> list[Any]:
@@ -76,14 +82,15 @@ class Prepared:
         return row
 
 
-_PREPARED: dict[Executable, Prepared] = {}
+_PREPARED: dict[tuple[Executable, str], Prepared] = {}
 
 
-def prepared(statement: Executable) -> Prepared:
+def prepared(statement: Executable, dialect: Dialect = _SQLITE) -> Prepared:
     """The statement's compiled form, built on first use (statements are module constants)."""
-    found = _PREPARED.get(statement)
+    key = (statement, dialect.name)
+    found = _PREPARED.get(key)
     if found is None:
-        found = _PREPARED[statement] = Prepared(statement)
+        found = _PREPARED[key] = Prepared(statement, dialect)
     return found
 
 
@@ -127,3 +134,62 @@ class ConnectionTx:
 
     def run(self, statement: Executable, params: Mapping[str, Any]) -> int:
         return int(getattr(self.connection.execute(statement, dict(params)), "rowcount", 0))
+
+
+class AsyncpgReads:
+    """Small reads on PostgreSQL in one round trip each: asyncpg's own pool in
+    autocommit (no BEGIN/ROLLBACK around a read, no ping before it), with
+    SQLAlchemy's JSON codec. A connection lost meanwhile (a database restart)
+    is replaced and the read tried once more."""
+
+    def __init__(self, dialect: Dialect, connect_args: dict[str, Any]) -> None:
+        self._dialect = dialect
+        self._connect_args = connect_args
+        self._pool: asyncpg.Pool | None = None
+        self._opening: asyncio.Future[asyncpg.Pool] | None = None
+
+    async def fetch(self, statement: Executable, params: Mapping[str, Any]) -> list[Row]:
+        compiled = prepared(statement, self._dialect)
+        values = compiled.parameters(params)
+        pool = self._pool or await self._open()
+        for attempt in (1, 2):
+            try:
+                records = await pool.fetch(compiled.sql, *values)
+            except (asyncpg.exceptions.ConnectionDoesNotExistError, ConnectionError):
+                if attempt == 2:
+                    raise
+                continue
+            return [compiled.row(tuple(record)) for record in records]
+        raise AssertionError("unreachable")
+
+    async def _open(self) -> asyncpg.Pool:
+        """The pool, created once however many reads arrive before it exists."""
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(
+                asyncpg.create_pool(min_size=1, max_size=10, init=_json_codec, **self._connect_args)
+            )
+        opening = self._opening
+        try:
+            self._pool = await asyncio.shield(opening)
+        except Exception:
+            if self._opening is opening:
+                self._opening = None  # the next read tries again
+            raise
+        return self._pool
+
+    async def close(self) -> None:
+        opening, self._opening, self._pool = self._opening, None, None
+        if opening is not None:
+            with contextlib.suppress(Exception):
+                await (await opening).close()
+
+
+async def _json_codec(connection: asyncpg.Connection) -> None:
+    """JSON columns decoded as SQLAlchemy's asyncpg dialect does it."""
+    await connection.set_type_codec(
+        "json",
+        encoder=str.encode,
+        decoder=lambda raw: json.loads(raw.decode()),
+        schema="pg_catalog",
+        format="binary",
+    )
