@@ -139,8 +139,8 @@ class ConnectionTx:
 class AsyncpgReads:
     """Small reads on PostgreSQL in one round trip each: asyncpg's own pool in
     autocommit (no BEGIN/ROLLBACK around a read, no ping before it), with
-    SQLAlchemy's JSON codec. A connection lost meanwhile (a database restart)
-    is replaced and the read tried once more."""
+    SQLAlchemy's JSON codec. When a read finds its connection lost (a database
+    restart), every pooled connection is replaced and the read tried once more."""
 
     def __init__(self, dialect: Dialect, connect_args: dict[str, Any]) -> None:
         self._dialect = dialect
@@ -155,9 +155,11 @@ class AsyncpgReads:
         for attempt in (1, 2):
             try:
                 records = await pool.fetch(compiled.sql, *values)
-            except (asyncpg.exceptions.ConnectionDoesNotExistError, ConnectionError):
+            except _CONNECTION_LOST:
                 if attempt == 2:
                     raise
+                # What lost one connection (a restart) has likely lost the others.
+                await pool.expire_connections()
                 continue
             return [compiled.row(tuple(record)) for record in records]
         raise AssertionError("unreachable")
@@ -182,6 +184,17 @@ class AsyncpgReads:
         if opening is not None:
             with contextlib.suppress(Exception):
                 await (await opening).close()
+
+
+# How a dead connection shows itself, depending on when the loss is noticed;
+# a read is safe to repeat on a fresh one.
+_CONNECTION_LOST = (
+    OSError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # e.g. terminated by an administrator
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+)
 
 
 async def _json_codec(connection: asyncpg.Connection) -> None:
