@@ -117,7 +117,7 @@ class Database:
 
     async def dispose(self) -> None:
         if self._committer is not None:
-            self._committer.close()
+            await self._committer.close()
         if self._postgres_reads is not None:
             await self._postgres_reads.close()
         for connection in self._hot_connections:

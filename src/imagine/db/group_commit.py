@@ -2,34 +2,40 @@
 
 SQLite has one writer, and with `synchronous=FULL` every commit waits for the
 disk. Taken one at a time, concurrent submits queue on the write lock and each
-pays its own fsync. Here one thread owns a write connection; whatever units of
-work arrive while it is busy are run together in one transaction, each inside
-its own savepoint, and committed once. A unit that raises rolls back only its
+pays its own fsync. Here the units of work that arrive while a commit is in
+progress are run together in the next transaction, each inside its own
+savepoint, and committed once. A unit that raises rolls back only its
 savepoint and gets its exception; the others are unaffected. Nobody is
 answered before the commit has returned, so durability is exactly that of a
 transaction per unit.
+
+The units run on the event loop: each is a few statements of microseconds
+on a connection that already holds the write lock, and running them in a
+thread costs more in handing the GIL back and forth than the work itself.
+What can take long happens in a thread: the COMMIT (the fsync, and now and
+then a WAL checkpoint), and BEGIN IMMEDIATE when another process holds the
+write lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from imagine.db.prepared import SqliteTx, Tx
+from imagine.db.prepared import SqliteTx
 
 log = logging.getLogger("imagine.db")
 
 T = TypeVar("T")
-Work = tuple[Callable[..., Any], tuple[Any, ...], "Future[Any]"]
+Work = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
 
-MAX_BATCH = 512
-_STOP = object()
+# Units per transaction at most: bounds how long one batch holds the event loop.
+MAX_BATCH = 128
+BUSY_TIMEOUT_MS = 30_000
 
 
 class GroupCommitter:
@@ -37,71 +43,51 @@ class GroupCommitter:
 
     def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
         self._connect = connect
-        self._queue: queue.SimpleQueue[Work | object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self.commits = 0  # batches committed (how much grouping happened)
+        self._connection: sqlite3.Connection | None = None
+        self._pending: list[Work] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self.commits = 0  # transactions committed (how much grouping happened)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """The unit's result once its transaction is durably committed."""
-        self._ensure_started()
-        done: Future[T] = Future()
-        self._queue.put((fn, args, done))
-        return await asyncio.wrap_future(done)
+        loop = asyncio.get_running_loop()
+        if self._flushing is not None and self._flushing.get_loop() is not loop:
+            raise RuntimeError("a group committer serves one event loop at a time")
+        done: asyncio.Future[T] = loop.create_future()
+        self._pending.append((fn, args, done))
+        if self._flushing is None:
+            self._flushing = loop.create_task(self._flush())
+        return await done
 
-    def close(self) -> None:
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            self._queue.put(_STOP)
-            thread.join()
+    async def close(self) -> None:
+        if self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
-    def _ensure_started(self) -> None:
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._serve, name="imagine-group-commit", daemon=True
-                    )
-                    self._thread.start()
-
-    def _serve(self) -> None:
-        connection: sqlite3.Connection | None = None
+    async def _flush(self) -> None:
         try:
-            while True:
-                batch: list[Work] = []
-                item = self._queue.get()
-                while item is not _STOP:
-                    work: Work = item  # type: ignore[assignment]
-                    # A unit whose caller gave up before it started is dropped; once
-                    # started it can no longer be cancelled, only committed or not.
-                    if work[2].set_running_or_notify_cancel():
-                        batch.append(work)
-                    if len(batch) >= MAX_BATCH:
-                        break
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
+            while self._pending:
+                batch = [work for work in self._pending[:MAX_BATCH] if not work[2].done()]
+                del self._pending[:MAX_BATCH]
                 if batch:
-                    connection = self._commit(connection, batch)
-                if item is _STOP:
-                    return
+                    await self._commit(batch)
         finally:
-            if connection is not None:
-                connection.close()
+            self._flushing = None
 
-    def _commit(
-        self, connection: sqlite3.Connection | None, batch: list[Work]
-    ) -> sqlite3.Connection | None:
-        """Run and commit one batch; returns the connection to use next (None after
-        a failure, so that the next batch starts on a fresh one)."""
+    async def _commit(self, batch: list[Work]) -> None:
         outcomes: list[tuple[bool, Any]] = []
+        connection = self._connection
         try:
             if connection is None:
-                connection = self._connect()
-            tx: Tx = SqliteTx(connection)
-            connection.execute("BEGIN IMMEDIATE")
+                connection = self._connection = self._open()
+            await self._begin(connection)
+            tx = SqliteTx(connection)
             for fn, args, _done in batch:
                 connection.execute("SAVEPOINT unit")
                 try:
@@ -110,17 +96,45 @@ class GroupCommitter:
                     connection.execute("ROLLBACK TO unit")
                     outcomes.append((False, error))
                 connection.execute("RELEASE unit")
-            connection.execute("COMMIT")
+            await self._off_loop(connection.execute, "COMMIT")
             self.commits += 1
         except Exception as error:
             log.error("group commit of %d units failed: %s", len(batch), error)
             if connection is not None:
-                connection.close()  # rolls back whatever is open
-                connection = None
+                connection.close()  # rolls back whatever is open; the next batch reconnects
+            self._connection = None
             outcomes = [(False, error)] * len(batch)
         for (_fn, _args, done), (ok, value) in zip(batch, outcomes, strict=True):
+            if done.done():
+                continue  # its caller went away; the work stands or falls with the batch
             if ok:
                 done.set_result(value)
             else:
                 done.set_exception(value)
+
+    def _open(self) -> sqlite3.Connection:
+        connection = self._connect()
+        connection.execute("PRAGMA busy_timeout=0")  # BEGIN on the loop must never wait
         return connection
+
+    async def _begin(self, connection: sqlite3.Connection) -> None:
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+            # Another process holds the write lock: wait for it off the loop.
+            await self._off_loop(_begin_waiting, connection)
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="imagine-commit")
+        await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+
+def _begin_waiting(connection: sqlite3.Connection) -> None:
+    connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+    finally:
+        connection.execute("PRAGMA busy_timeout=0")
