@@ -99,7 +99,7 @@ class LocalWindows:
 class RateLimiter:
     def __init__(self, storage: Storage | None = None) -> None:
         self._shared = MovingWindowRateLimiter(storage) if storage is not None else None
-        self._local = LocalWindows()
+        self._local = LocalWindows() if storage is None else None
         self._items: dict[int, RateLimitItemPerMinute] = {}
 
     @classmethod
@@ -120,8 +120,9 @@ class RateLimiter:
 
     async def hit(self, identity: str, per_minute: int) -> RateLimitState:
         """Count one request for `identity`; a refused request is not counted."""
-        if self._shared is None:
+        if self._local is not None:
             return self._local.hit(identity, per_minute)
+        assert self._shared is not None
         item = self._items.get(per_minute)
         if item is None:
             item = self._items[per_minute] = RateLimitItemPerMinute(per_minute)

@@ -48,7 +48,8 @@ HOT_READ_BUSY_TIMEOUT_MS = 1_000  # WAL readers wait only in rare checkpoint cor
 
 
 class Database:
-    """The two session factories the service uses: `read()` and `write()`."""
+    """The service's database: ORM sessions (`read()`, `write()`) for most work,
+    and the hot paths (`read_one`/`read_all`, `transaction`) described above."""
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -39,6 +39,18 @@ def request_fingerprint(request: GenerationRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Submission:
+    """One submit as the unit of work sees it (built on the event loop)."""
+
+    principal: Principal
+    request: dict[str, Any]
+    policy: SubmitPolicy
+    idempotency_key: str | None
+    fingerprint: str
+    test_outcome: str | None
+
+
 async def submit(
     db: Database,
     principal: Principal,
@@ -67,16 +79,6 @@ async def submit(
             if idempotency_key is None:
                 raise
     raise Conflict("A request with this Idempotency-Key is still being processed")
-
-
-@dataclass(frozen=True)
-class _Submission:
-    principal: Principal
-    request: dict[str, Any]
-    policy: SubmitPolicy
-    idempotency_key: str | None
-    fingerprint: str
-    test_outcome: str | None
 
 
 _IDEMPOTENCY_RECORD = select(IdempotencyRecord.__table__).where(
