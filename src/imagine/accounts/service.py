@@ -112,7 +112,10 @@ async def authenticate(db: Database, key: str) -> Principal | None:
     """The principal behind a bearer key, or None for a malformed, unknown or revoked one."""
     if not keys.is_well_formed(key):
         return None
-    digest = keys.hash_key(key)
+    return await _principal_for(db, keys.hash_key(key))
+
+
+async def _principal_for(db: Database, digest: str) -> Principal | None:
     row = await db.read_one(_KEY_BY_HASH, {"digest": digest})
     if row is None or not hmac.compare_digest(row["key_hash"], digest):
         return None
@@ -138,20 +141,20 @@ class KeyCache:
         self._entries: dict[str, tuple[float, Principal]] = {}
 
     async def authenticate(self, key: str) -> Principal | None:
-        if self._ttl <= 0:
-            return await authenticate(self._db, key)
         digest = keys.hash_key(key)
         now = self._clock()
         entry = self._entries.get(digest)
-        if entry is not None and entry[0] > now:
-            return entry[1]
-        self._entries.pop(digest, None)
-        principal = await authenticate(self._db, key)
-        if principal is None:
+        if entry is not None:
+            if entry[0] > now:
+                return entry[1]
+            del self._entries[digest]
+        if not keys.is_well_formed(key):
             return None
-        if len(self._entries) >= self.MAX_ENTRIES:
-            self._entries.pop(next(iter(self._entries)))  # the oldest entry
-        self._entries[digest] = (now + self._ttl, principal)
+        principal = await _principal_for(self._db, digest)
+        if principal is not None and self._ttl > 0:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.pop(next(iter(self._entries)))  # the oldest entry
+            self._entries[digest] = (now + self._ttl, principal)
         return principal
 
 

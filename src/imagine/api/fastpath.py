@@ -4,13 +4,14 @@ A client polls `GET /v1/status` every second or two for minutes, and a busy
 one submits hundreds of tasks a minute. For both, FastAPI's routing,
 dependency resolution and request objects cost several times the work
 itself. `FastPaths` sits behind `V1Gate` — the caller is authenticated and
-counted, the body read, and the gate adds the rate-limit headers to whatever
-is sent — and hands a request to a handler registered for its method and
-path. A handler answers the ordinary form of its request and returns None for
-anything else (a malformed body, a missing parameter), which then goes on to
-the FastAPI route: that route declares the endpoint in OpenAPI, produces the
-exact error for every bad input, and shares its working code with the
-handler, so both give the same answers.
+counted, the body read (and left in the scope's state), and the gate adds
+the rate-limit headers to whatever is sent — and hands a request to a
+handler registered for its method and path. A handler answers the ordinary
+form of its request and returns None for anything else (a malformed body, a
+missing parameter), which then goes on to the FastAPI route: that route
+declares the endpoint in OpenAPI, produces the exact error for every bad
+input, and shares its working code with the handler, so both give the same
+answers.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from imagine.api.asgi import replaying
 from imagine.api.envelope import error_response
 from imagine.errors import ApiError
 
@@ -39,21 +39,11 @@ class FastPaths:
         if handler is None:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
         try:
-            response = await handler(scope, body)
+            response = await handler(scope, scope["state"]["body"])
         except ApiError as error:
             response = error_response(error)
-        if response is not None:
+        if response is None:
+            await self.app(scope, receive, send)
+        else:
             await response(scope, receive, send)
-            return
-        await self.app(scope, replaying(body, receive), send)
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if message["type"] != "http.request" or not message.get("more_body", False):
-            return b"".join(chunks)

@@ -16,7 +16,6 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagine.accounts.service import Principal
-from imagine.api.asgi import replaying
 from imagine.api.envelope import error_response
 from imagine.api.ratelimit import RateLimiter, StorageError
 from imagine.errors import (
@@ -99,7 +98,8 @@ class V1Gate:
             await self._refuse(error, scope, receive, send)
             return
 
-        scope.setdefault("state", {}).update(principal=principal, rate_limit=state)
+        # The body goes on both as bytes (for `FastPaths`) and replayed (for the routes).
+        scope.setdefault("state", {}).update(principal=principal, rate_limit=state, body=body)
         replay = replaying(body, receive)
 
         raw_rate_headers = [
@@ -148,3 +148,18 @@ class V1Gate:
 
     async def _refuse(self, error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
         await error_response(error)(scope, receive, send)
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that first hands over the body already read in full, then
+    passes through (so the app still sees a disconnect)."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return await receive()
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

@@ -145,6 +145,15 @@ def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, ensure_ascii=False))
 
 
+def _print_files(paths: list[Path], as_json: bool, task: dict[str, Any]) -> None:
+    """Downloaded files: one path per line, or the task with a `files` list."""
+    if as_json:
+        _print_json({**task, "files": [str(path) for path in paths]})
+    else:
+        for path in paths:
+            typer.echo(str(path))
+
+
 @contextmanager
 def _progress_display(task_id: str, enabled: bool) -> Iterator[Callable[[Task], None] | None]:
     """A live line on stderr (status, progress %, elapsed time), leaving stdout for results."""
@@ -227,11 +236,7 @@ def generate(
             typer.echo(f"interrupted: {task_id} goes on; see `imagine status {task_id}`", err=True)
             raise typer.Exit(ExitCode.INTERRUPTED) from None
         paths = client.download(task, out)
-    if as_json:
-        _print_json({**task.to_dict(), "files": [str(path) for path in paths]})
-    else:
-        for path in paths:
-            typer.echo(str(path))
+    _print_files(paths, as_json, task.to_dict())
 
 
 def status(
@@ -289,11 +294,7 @@ def download(
     """Download a completed task's videos as <task_id>_<n>.mp4 and print their paths."""
     with _reporting(), _client(api_key, base_url, max_retries) as client:
         paths = client.download(task_id, out)
-    if as_json:
-        _print_json({"task_id": task_id, "files": [str(path) for path in paths]})
-    else:
-        for path in paths:
-            typer.echo(str(path))
+    _print_files(paths, as_json, {"task_id": task_id})
 
 
 def cancel(

@@ -101,10 +101,14 @@ class Engine(Protocol):
 BlockingRender = Callable[[GenerationJob, Path, ProgressCallback, Callable[[], bool]], None]
 
 
+OUTPUT_NAME = "video.mp4"  # the file an engine writes into its workdir
+
+
 async def render_in_thread(
-    render: BlockingRender, job: GenerationJob, path: Path, control: JobControl
-) -> None:
-    """Run a blocking `render(job, path, on_progress, should_stop)` in a worker thread.
+    render: BlockingRender, job: GenerationJob, workdir: Path, control: JobControl
+) -> list[Path]:
+    """Run a blocking `render(job, path, on_progress, should_stop)` in a worker
+    thread, writing `workdir / OUTPUT_NAME`; returns that path, as `generate` does.
 
     A thread cannot be killed: when the awaiting task is cancelled (a time limit,
     a shutdown), the render is told to stop at its next check instead.
@@ -114,8 +118,10 @@ async def render_in_thread(
     def should_stop() -> bool:
         return control.cancel_event.is_set() or abandoned.is_set()
 
+    path = workdir / OUTPUT_NAME
     try:
         await asyncio.to_thread(render, job, path, control.on_progress, should_stop)
     except asyncio.CancelledError:
         abandoned.set()
         raise
+    return [path]

@@ -45,6 +45,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 from imagine.engines.base import (
+    OUTPUT_NAME,
     EngineCapabilities,
     GenerationJob,
     JobControl,
@@ -63,7 +64,6 @@ from imagine.media.video import (
 
 __all__ = ["LABEL", "OUTPUT_NAME", "PreviewEngine"]
 
-OUTPUT_NAME = "video.mp4"
 LABEL = "preview engine \u00b7 not AI"
 
 Frame = NDArray[np.uint8]
@@ -110,9 +110,7 @@ class PreviewEngine:
 
     async def generate(self, job: GenerationJob, workdir: Path, control: JobControl) -> list[Path]:
         """Render `workdir / OUTPUT_NAME` in a worker thread and return it."""
-        path = workdir / OUTPUT_NAME
-        await render_in_thread(self.render, job, path, control)
-        return [path]
+        return await render_in_thread(self.render, job, workdir, control)
 
     def render(
         self,

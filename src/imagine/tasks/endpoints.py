@@ -148,8 +148,8 @@ async def generate_fast(svc: Services, scope: Scope, body: bytes) -> Response | 
     """`generate` without the framework (see `imagine.api.fastpath`) for a JSON
     body that passes the model; anything else goes to the route."""
     found: dict[str, str] = {}
-    for name, value in scope["headers"]:
-        field = _SUBMIT_HEADERS.get(name.lower())
+    for name, value in scope["headers"]:  # ASGI header names are lower-case
+        field = _SUBMIT_HEADERS.get(name)
         if field is not None:
             if field in found:
                 return None

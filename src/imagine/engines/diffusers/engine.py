@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
 from imagine.engines.base import (
+    OUTPUT_NAME,
     EngineCapabilities,
     GenerationJob,
     JobControl,
@@ -51,7 +52,6 @@ __all__ = ["OUTPUT_NAME", "PHASES", "DiffusersEngine", "create_diffusers_engine"
 
 log = logging.getLogger("imagine.engines.diffusers")
 
-OUTPUT_NAME = "video.mp4"
 REQUIRED_PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "ftfy")
 PHASES: dict[str, tuple[float, float]] = {
     "encode": (0.0, 0.05),  # prompt (and image) encoding, before the first step
@@ -157,9 +157,7 @@ class DiffusersEngine:
 
     async def generate(self, job: GenerationJob, workdir: Path, control: JobControl) -> list[Path]:
         """Render `workdir / OUTPUT_NAME` in a thread and return it."""
-        path = workdir / OUTPUT_NAME
-        await render_in_thread(self.run, job, path, control)
-        return [path]
+        return await render_in_thread(self.run, job, workdir, control)
 
     def run(
         self,

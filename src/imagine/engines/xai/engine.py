@@ -37,7 +37,13 @@ import httpx
 import xai_sdk
 from xai_sdk.proto import deferred_pb2
 
-from imagine.engines.base import EngineCapabilities, GenerationJob, JobControl, ProgressCallback
+from imagine.engines.base import (
+    OUTPUT_NAME,
+    EngineCapabilities,
+    GenerationJob,
+    JobControl,
+    ProgressCallback,
+)
 from imagine.engines.xai import errors
 from imagine.engines.xai.errors import Phase, Upstream
 from imagine.engines.xai.mapping import (
@@ -54,7 +60,6 @@ __all__ = ["OUTPUT_NAME", "XaiConfig", "XaiEngine"]
 
 log = logging.getLogger("imagine.engines.xai")
 
-OUTPUT_NAME = "video.mp4"
 RESUME_KEY = "xai_request_id"  # saved with JobControl.checkpoint after a start
 _CANCEL_CHECK_SECONDS = 0.05
 _BACKOFF = 1.5
