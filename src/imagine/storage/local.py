@@ -58,7 +58,8 @@ class LocalStorage:
         """The file for a signed URL, or None if the signature, expiry or file is bad."""
         if expires < time.time():
             return None
-        if not hmac.compare_digest(self._sign(key, expires), signature):
+        # A signature is hex; compare_digest raises on a str with other characters.
+        if not signature.isascii() or not hmac.compare_digest(self._sign(key, expires), signature):
             return None
         path = self.path_for(key)
         return path if path is not None and path.is_file() else None

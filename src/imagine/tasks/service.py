@@ -20,7 +20,7 @@ from imagine.db.database import Database
 from imagine.db.models import IdempotencyRecord, Task
 from imagine.db.prepared import Row, Tx
 from imagine.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound, TaskFinished
-from imagine.ids import new_id, utcnow
+from imagine.ids import has_id_shape, new_id, utcnow
 from imagine.queue import repository as queue
 from imagine.tasks.schemas import GenerationRequest
 from imagine.tasks.states import COMPLETED, FINISHED, PENDING, PROCESSING
@@ -197,6 +197,8 @@ async def get_task(db: Database, principal: Principal, task_id: str) -> Row:
     """The caller's task as a row (column name → value); another account's task is
     indistinguishable from none. A row, not an ORM object: building one costs
     more than the read itself on the polling path."""
+    if not has_id_shape("task", task_id):
+        raise NotFound("Task not found")
     row = await db.read_one(_TASK_BY_ID, {"task_id": task_id, "account_id": principal.account_id})
     if row is None:
         raise NotFound("Task not found")
@@ -250,6 +252,8 @@ async def cancel(db: Database, principal: Principal, task_id: str) -> Row:
     """Cancel the caller's task. Pending: cancelled and refunded now. Processing:
     the worker is asked to stop (it refunds when the engine stops, within
     seconds). Finished: `TaskFinished`, nothing changes."""
+    if not has_id_shape("task", task_id):
+        raise NotFound("Task not found")
     async with db.write() as session:
         task = await session.scalar(
             select(Task)
@@ -286,11 +290,13 @@ async def list_tasks(
         if status is not None:
             query = query.where(Task.status == status)
         if after is not None:
-            anchor = await session.scalar(
-                select(Task.created_at).where(
-                    Task.id == after, Task.account_id == principal.account_id
+            anchor = None
+            if has_id_shape("task", after):
+                anchor = await session.scalar(
+                    select(Task.created_at).where(
+                        Task.id == after, Task.account_id == principal.account_id
+                    )
                 )
-            )
             if anchor is None:
                 raise InvalidRequest("The after parameter must be a task id from a previous page")
             query = query.where(tuple_(Task.created_at, Task.id) < tuple_(anchor, after))
