@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from imagine.accounts import service as accounts
 from imagine.app import create_app
 from imagine.db.database import Database
+from imagine.server import uvicorn_config
 from imagine.settings import Settings, load_settings
 
 from databases import PostgresDatabases
@@ -61,7 +62,7 @@ def start_server(
     app = create_app(settings)
     if configure_app is not None:
         configure_app(app)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn_config(app, settings))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -79,6 +80,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "poll_interval": 0.05,
         "lease_seconds": 5.0,
         "allow_private_urls": True,
+        "log_level": "warning",
     }
     defaults.update(overrides)
     return load_settings(**defaults)
@@ -134,6 +136,22 @@ def server_factory(tmp_path: Path, database_url: str) -> Iterator[Any]:
         data_dir = overrides.pop("data_dir", tmp_path / f"data{len(started)}")
         configure_app = overrides.pop("configure_app", None)
         running = start_server(make_settings(data_dir, **overrides), configure_app)
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def sqlite_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Servers with their own settings on SQLite only, e.g. `sqlite_server(workers=0)`,
+    for what does not depend on the database."""
+    started: list[RunningServer] = []
+
+    def factory(**overrides: Any) -> RunningServer:
+        running = start_server(make_settings(tmp_path / f"server{len(started)}", **overrides))
         started.append(running)
         return running
 

@@ -52,6 +52,7 @@ from imagine.client import (
     WaitTimeout,
 )
 from imagine.media.video import probe_mp4
+from imagine.server import uvicorn_config
 from imagine.settings import Settings
 
 from conftest import RunningServer, make_settings, start_server
@@ -68,21 +69,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running = start_server(make_settings(tmp_path_factory.mktemp("sdk")))
     yield running
     running.stop()
-
-
-@pytest.fixture
-def sqlite_server(tmp_path: Path) -> Iterator[Factory]:
-    """Servers with their own settings, e.g. `sqlite_server(workers=0)`."""
-    started: list[RunningServer] = []
-
-    def factory(**overrides: Any) -> RunningServer:
-        running = start_server(make_settings(tmp_path / f"server{len(started)}", **overrides))
-        started.append(running)
-        return running
-
-    yield factory
-    for running in started:
-        running.stop()
 
 
 @pytest.fixture
@@ -459,7 +445,7 @@ def _serve(settings: Settings, port: int) -> RunningServer:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     return RunningServer(f"http://127.0.0.1:{port}", settings, server, thread)

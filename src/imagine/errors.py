@@ -41,6 +41,10 @@ class MethodNotAllowed(ApiError):
     status, error = 405, "METHOD_NOT_ALLOWED"
 
 
+class RequestTimeout(ApiError):
+    status, error = 408, "REQUEST_TIMEOUT"
+
+
 class Conflict(ApiError):
     status, error = 409, "IDEMPOTENCY_CONFLICT"
 
@@ -51,6 +55,10 @@ class TaskFinished(ApiError):
 
 class PayloadTooLarge(ApiError):
     status, error = 413, "PAYLOAD_TOO_LARGE"
+
+
+class HeadersTooLarge(ApiError):
+    status, error = 431, "HEADERS_TOO_LARGE"
 
 
 class RateLimited(ApiError):

@@ -61,6 +61,38 @@ class Settings(BaseSettings):
     enabled_modes: Annotated[tuple[str, ...], NoDecode] = MODES
 
     max_body_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    # What one request may take from the HTTP server (imagine.server).
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest request line and header block; 431 above.",
+    )
+    max_headers: int = Field(
+        default=100, ge=8, le=10_000, description="Most header fields in a request; 431 above."
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        ge=1,
+        le=600,
+        description="Time to send a request's headers, from its first byte (or from "
+        "connecting); 408 and the connection closed after it.",
+    )
+    body_timeout_seconds: float = Field(
+        default=20.0,
+        ge=1,
+        le=600,
+        description="Longest pause while a request body arrives; 408 and closed after it.",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Open connections (and requests in progress) per API process; past it "
+        "new requests get 503.",
+    )
+    keep_alive_seconds: int = Field(
+        default=5, ge=1, le=300, description="How long an idle connection is kept open."
+    )
     max_prompt_chars: int = Field(default=5000, ge=1)
     max_images: int = Field(default=7, ge=0)
     image_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)

@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagine.accounts.service import Principal
@@ -91,7 +92,10 @@ class V1Gate:
             )
             return
 
-        body = await self._read_body(headers, receive)
+        try:
+            body = await self._read_body(headers, receive)
+        except ClientDisconnect:
+            return  # gone (or timed out) mid-body: a partial body is never acted on
         if body is None:
             error = PayloadTooLarge(f"Request body larger than {self.max_body_bytes} bytes")
             error.headers.update(rate_headers)
@@ -127,7 +131,8 @@ class V1Gate:
             )
 
     async def _read_body(self, headers: Headers, receive: Receive) -> bytes | None:
-        """The whole body, or None once it passes the limit (Content-Length is not trusted)."""
+        """The whole body, or None once it passes the limit (Content-Length is not
+        trusted); `ClientDisconnect` when the connection ends before the body does."""
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             return None
@@ -136,7 +141,7 @@ class V1Gate:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                raise ClientDisconnect
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:

@@ -111,6 +111,7 @@ def serve(
 
     from imagine.app import create_app
     from imagine.engines.registry import choose_engine
+    from imagine.server import uvicorn_config
 
     settings = _settings(
         host=host,
@@ -145,13 +146,7 @@ def serve(
         f"data in {settings.data_dir.resolve()}",
         highlight=False,
     )
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
-    )
+    uvicorn.Server(uvicorn_config(application, settings)).run()
 
 
 async def _bootstrap_key(db: Database, credits: int) -> accounts.IssuedKey | None:
