@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from imagine.credits import MAX_BALANCE
 from imagine.settings import PLANS, Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -250,7 +251,7 @@ def db_current(data_dir: DataDir = None) -> None:
 @keys_app.command("create")
 def keys_create(
     plan: Annotated[str, typer.Option(help="free | pro | enterprise")] = "free",
-    credits: Annotated[int, typer.Option(min=0, help="Starting credits")] = 0,
+    credits: Annotated[int, typer.Option(min=0, max=MAX_BALANCE, help="Starting credits")] = 0,
     name: Annotated[str, typer.Option(help="A label for the account and key")] = "",
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="One line of JSON")] = False,
@@ -370,7 +371,7 @@ def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
 @credits_app.command("grant")
 def credits_grant(
     account_id: str,
-    amount: Annotated[int, typer.Argument(min=1, help="Credits to add")],
+    amount: Annotated[int, typer.Argument(min=1, max=MAX_BALANCE, help="Credits to add")],
     data_dir: DataDir = None,
 ) -> None:
     """Add credits to an account (recorded in its ledger)."""
@@ -385,7 +386,11 @@ def credits_grant(
                 session, ledger.grant, account_id, amount, "granted by operator"
             )
 
-    balance = _with_db(settings, action)
+    try:
+        balance = _with_db(settings, action)
+    except ledger.BalanceLimit as exc:
+        errors.print(f"error: {exc}; nothing was granted", highlight=False)
+        raise typer.Exit(1) from None
     if balance is None:
         errors.print(f"error: no account with id {account_id}")
         raise typer.Exit(1)
