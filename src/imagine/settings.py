@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(
         default=None,
         min_length=32,
-        description="Signs file URLs; default: a random key kept in the data dir.",
+        description="Signs file URLs and encrypts webhook signing secrets; default: a "
+        "random key kept in the data dir. Give every process that shares the database "
+        "but not the data dir the same value.",
     )
 
     workers: int = Field(default=1, ge=0, le=64, description="In-process workers.")

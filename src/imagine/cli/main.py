@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from imagine import private_files
 from imagine.credits import MAX_BALANCE
 from imagine.settings import PLANS, Settings, SettingsError, load_settings
 
@@ -58,6 +59,9 @@ DataDir = Annotated[
 
 
 def _settings(**overrides: object) -> Settings:
+    """The server's settings. Every command that loads them works on its data:
+    from here on, what the process creates is private to its user."""
+    private_files.private_by_default()
     try:
         return load_settings(**overrides)
     except SettingsError as exc:
@@ -74,7 +78,7 @@ def _with_db(
     from imagine.runtime import prepare_database
 
     async def runner() -> T:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_files.prepare_data_dir(settings.data_dir)
         db = Database(settings.resolved_database_url)
         try:
             if prepare:
@@ -414,12 +418,22 @@ def webhooks_secret(
     Tasks with a callback_url are refused until the account has one.
     """
     from imagine.webhooks import service as webhooks
+    from imagine.webhooks.sealing import SecretBox
 
     settings = _settings(data_dir=data_dir)
+    if not settings.resolved_database_url.startswith("sqlite") and not settings.secret_key:
+        errors.print(
+            "warning: IMAGINE_SECRET_KEY is not set, so the secret is stored encrypted "
+            f"with the key in {settings.data_dir.resolve()}; worker processes that do not "
+            "share this data dir cannot use it (give every process the same "
+            "IMAGINE_SECRET_KEY)",
+            highlight=False,
+        )
 
     async def action(db: Database) -> str:
+        box = SecretBox.for_settings(settings)
         async with db.write() as session:
-            return await webhooks.create_secret(session, account_id, rotate=rotate)
+            return await webhooks.create_secret(session, account_id, rotate=rotate, box=box)
 
     try:
         secret = _with_db(settings, action)

@@ -58,6 +58,7 @@ from imagine.storage.base import Storage
 from imagine.tasks.service import isoformat, status_view, task_row
 from imagine.webhooks import repository
 from imagine.webhooks.repository import AttemptResult, ClaimedEvent
+from imagine.webhooks.sealing import SecretBox, UnreadableSecret
 from imagine.webhooks.signing import signed_headers
 
 log = logging.getLogger("imagine.webhooks")
@@ -120,6 +121,7 @@ class Dispatcher:
         # its events; a dead one's come back after this.
         self._lease = 2 * self._timeout + 10
         self._base_url = settings.public_url or f"http://{settings.host}:{settings.port}"
+        self._secrets = SecretBox.for_settings(settings)
         self._transport: httpx.AsyncHTTPTransport | None = None
         self._inflight: dict[asyncio.Task[None], ClaimedEvent] = {}
         self._stopping = asyncio.Event()
@@ -232,12 +234,17 @@ class Dispatcher:
                     .where(Task.id == event.task_id)
                 )
             ).first()
-        task, secret = (row[0], row[1]) if row is not None else (None, None)
+        task, stored = (row[0], row[1]) if row is not None else (None, None)
         if task is None or not task.callback_url:
             return AttemptResult(None, NO_CALLBACK_URL, retryable=False)
-        if not secret:
+        if not stored:
             # Never deliver unsigned: the receiver could not tell it from a forgery.
             return AttemptResult(None, NO_SIGNING_SECRET, retryable=False)
+        try:
+            secret = self._secrets.open(task.account_id, stored)
+        except UnreadableSecret as exc:
+            # A configuration error: retried, so deliveries resume once it is fixed.
+            return AttemptResult(None, INTERNAL_ERROR, retryable=True, detail=str(exc))
         try:
             target = check_target(task.callback_url, allow_private=self._allow_private)
         except UnsafeURL as exc:
