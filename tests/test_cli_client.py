@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from imagine.media.video import probe_mp4
 
 from conftest import RunningServer, make_settings, start_server
 from helpers import wait_for_task
-from loopback_doubles import serve_files
+from loopback_doubles import FaultProxy, Reply, serve_files
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +31,14 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 @dataclass
 class Call:
-    """One `imagine …` invocation; `server`/`key` become IMAGINE_BASE_URL/IMAGINE_API_KEY."""
+    """One `imagine …` invocation; `server`/`key` become IMAGINE_BASE_URL/IMAGINE_API_KEY
+    (`base_url`, when given, instead of the server's URL)."""
 
     args: list[str]
     server: RunningServer | None
     key: str | None
     cwd: Path | None = None
+    base_url: str | None = None
 
 
 @dataclass
@@ -52,7 +55,9 @@ def imagine(*calls: Call) -> list[Done]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGINE_")}
         if call.key is not None:
             env["IMAGINE_API_KEY"] = call.key
-        if call.server is not None:
+        if call.base_url is not None:
+            env["IMAGINE_BASE_URL"] = call.base_url
+        elif call.server is not None:
             env["IMAGINE_BASE_URL"] = call.server.url
         running.append(
             subprocess.Popen(
@@ -281,3 +286,24 @@ def test_cancel_tasks_and_account_print_json_or_text_with_their_exit_codes(
     assert f"account  {issued.account_id}" in account_text.stdout
     assert "balance  960 credits" in account_text.stdout
     assert "40 credits spent; tasks: 1 pending, 2 cancelled" in account_text.stdout
+
+
+def test_download_refuses_a_task_id_that_would_leave_the_out_directory(
+    shared: RunningServer, tmp_path: Path
+) -> None:
+    issued = shared.new_key()
+    with shared.client(issued.key) as http:
+        task_id = http.post("/v1/generate", json={"prompt": "p", "duration": 1}).json()["data"]
+        data = wait_for_task(http, task_id["task_id"])
+    answer: dict[str, Any] = {"code": 200, "message": "success", "data": data}
+    answer["data"]["task_id"] = "../../escaped/pwned"
+    forged = Reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
+    proxy = FaultProxy(shared.url, lambda seen, n: forged)
+    out = tmp_path / "a" / "b" / "out"
+    with proxy.running() as url:
+        [done] = imagine(
+            Call(["download", "task_0", "--out", str(out)], None, issued.key, base_url=url)
+        )
+    assert done.returncode != 0
+    assert "not a task id the API issues" in done.stderr and "Traceback" not in done.stderr
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == []

@@ -362,7 +362,36 @@ FORBIDDEN = [
     "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
     "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
     "64:ff9b:1::1",  # local-use NAT64
+    "64:ff9b:1:808:8:800::",  # local-use NAT64, even of a public IPv4 (8.8.8.8)
     "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+    # IPv4-translated (SIIT): refused whatever it embeds
+    "::ffff:0:7f00:1",
+    "::ffff:0:a9fe:a9fe",
+    "::ffff:0:808:808",
+    # the IANA IPv6 special-purpose registry
+    "100::1",  # discard-only
+    "100:0:0:1::1",  # dummy prefix
+    "2001:1::1",  # PCP anycast: the instance nearest the server
+    "2001:1::2",  # TURN anycast
+    "2001:2::1",  # benchmarking
+    "2001:3::1",  # AMT
+    "2001:4:112::1",  # AS112-v6
+    "2001:10::1",  # deprecated ORCHID
+    "2001:20::1",  # ORCHIDv2
+    "2001:30::1",  # drone remote ID tags
+    "2001:1ff:ffff::1",  # the end of the IETF protocol assignments
+    "3fff::1",  # documentation
+    "3fff:fff:ffff::1",
+    "5f00::1",  # SRv6 SIDs
+    "5f00:ffff::1",
+    "fdff:ffff::1",  # unique local
+    "febf::1",  # link-local, the end of fe80::/10
+    "ff0e::1",  # global-scope multicast
+    # reserved space outside 2000::/3, not (yet) in any registry
+    "::1:0:0:0",
+    "1::1",
+    "4000::1",
+    "e000::1",
 ]
 ALLOWED = [
     "8.8.8.8",
@@ -375,6 +404,10 @@ ALLOWED = [
     "::ffff:8.8.8.8",
     "2002:808:808::",
     "64:ff9b::808:808",
+    "2001:200::1",  # just past the IETF protocol assignments (WIDE, Japan)
+    "2620:4f:8000::1",  # AS112 direct delegation: globally reachable
+    "3fff:1000::1",  # just past the documentation block
+    "2a00:1450:4001::1",
 ]
 
 

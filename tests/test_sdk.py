@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import base64
+import json
 import re
 import socket
 import subprocess
@@ -415,6 +416,41 @@ def test_success_without_the_envelope_is_an_unexpected_response(shared: RunningS
         sdk.status("task_x")
     assert odd.value.status == 200 and isinstance(odd.value, APIError)
     assert len(proxy.seen) == 1  # not retried: another try would get the same page
+
+
+def tampered_status(server: RunningServer, key: str, task_id: str, *, as_id: str) -> Reply:
+    """The server's real answer about a completed task, its `task_id` replaced:
+    what a compromised server or a man in the middle could send."""
+    with server.client(key) as http:
+        answer = http.get("/v1/status", params={"task_id": task_id}).json()
+    answer["data"]["task_id"] = as_id
+    return Reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
+
+
+TAMPERED_IDS = ["../../escaped/pwned", "{tmp_path}/absolute", "task_..", "task_a/b"]
+
+
+@pytest.mark.parametrize("as_id", TAMPERED_IDS)
+def test_download_never_writes_outside_its_directory_whatever_the_task_id(
+    shared: RunningServer, client: Client, api_key: str, tmp_path: Path, as_id: str
+) -> None:
+    task = client.run("p", duration=1, poll_interval=0.05)
+    as_id = as_id.format(tmp_path=tmp_path)
+    forged = tampered_status(shared, api_key, task.task_id, as_id=as_id)
+    proxy = FaultProxy(shared.url, lambda seen, n: forged if "/v1/status" in seen.path else None)
+    out = tmp_path / "a" / "b" / "out"
+    with proxy.running() as url, Client(api_key, url) as sdk:
+        with pytest.raises(UnexpectedResponse, match="not a task id the API issues") as refused:
+            sdk.download(task.task_id, out)
+        with pytest.raises(UnexpectedResponse):
+            asyncio.run(_download_async(api_key, url, task.task_id, out))
+    assert isinstance(refused.value, APIError) and refused.value.status == 200
+    assert [path for path in tmp_path.rglob("*") if path.is_file()] == []
+
+
+async def _download_async(api_key: str, url: str, task_id: str, out: Path) -> list[Path]:
+    async with AsyncClient(api_key, url) as sdk:
+        return await sdk.download(task_id, out)
 
 
 def test_client_retries_until_the_server_comes_up(tmp_path: Path) -> None:

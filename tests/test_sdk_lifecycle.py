@@ -30,6 +30,7 @@ from imagine.client import (
     UnexpectedResponse,
 )
 from imagine.db.database import Database
+from imagine.webhooks.sealing import SecretBox
 from imagine.webhooks.service import create_secret
 
 from conftest import RunningServer, make_settings, start_server
@@ -349,7 +350,8 @@ def test_callback_url_is_sent_and_deliveries_show_each_attempt(busy: RunningServ
 
     async def give_secret(db: Database) -> str:
         async with db.write() as session:
-            return await create_secret(session, issued.account_id, rotate=False)
+            box = SecretBox.for_settings(busy.settings)
+            return await create_secret(session, issued.account_id, rotate=False, box=box)
 
     try:
         with Client(issued.key, busy.url) as sdk:

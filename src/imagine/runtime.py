@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from imagine import private_files
 from imagine.api.ratelimit import RateLimiter
 from imagine.api.services import Services
 from imagine.db.database import Database
@@ -22,7 +23,7 @@ from imagine.webhooks.dispatcher import Dispatcher
 
 
 def build_services(settings: Settings) -> Services:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_files.prepare_data_dir(settings.data_dir)
     engine = create_engine(settings)
     return Services(
         settings=settings,
@@ -52,8 +53,7 @@ class WorkerPool:
             timeout=settings.image_fetch_timeout,
             allow_private=settings.allow_private_urls,
         )
-        workdir = settings.data_dir / "work"
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = private_files.private_dir(settings.data_dir / "work")
         config = WorkerConfig(
             lease_seconds=settings.lease_seconds,
             heartbeat_seconds=settings.heartbeat_interval,

@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from imagine.credits import MAX_BALANCE
+
 Plan = Literal["free", "pro", "enterprise"]
 PLANS: tuple[Plan, ...] = ("free", "pro", "enterprise")
 MODES: tuple[str, ...] = ("normal", "fun", "spicy", "custom")
@@ -44,7 +46,9 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(
         default=None,
         min_length=32,
-        description="Signs file URLs; default: a random key kept in the data dir.",
+        description="Signs file URLs and encrypts webhook signing secrets; default: a "
+        "random key kept in the data dir. Give every process that shares the database "
+        "but not the data dir the same value.",
     )
 
     workers: int = Field(default=1, ge=0, le=64, description="In-process workers.")
@@ -53,8 +57,8 @@ class Settings(BaseSettings):
         description="preview | xai | diffusers | auto (xai when XAI_API_KEY is set, else preview).",
     )
 
-    cost_per_generation: int = Field(default=40, ge=0)
-    starter_credits: int = Field(default=1000, ge=0)
+    cost_per_generation: int = Field(default=40, ge=0, le=MAX_BALANCE)
+    starter_credits: int = Field(default=1000, ge=0, le=MAX_BALANCE)
     rate_limit_free: int = Field(default=100, ge=1)
     rate_limit_pro: int = Field(default=1000, ge=1)
     rate_limit_enterprise: int = Field(default=5000, ge=1)
@@ -159,10 +163,16 @@ class Settings(BaseSettings):
 
     # --- Per-engine prices and the xai engine (docs/engines/xai.md) ----------
     cost_preview: int | None = Field(
-        default=None, ge=0, description="Credits per preview task; default: cost_per_generation."
+        default=None,
+        ge=0,
+        le=MAX_BALANCE,
+        description="Credits per preview task; default: cost_per_generation.",
     )
     cost_xai: int | None = Field(
-        default=None, ge=0, description="Credits per xai task; default: cost_per_generation."
+        default=None,
+        ge=0,
+        le=MAX_BALANCE,
+        description="Credits per xai task; default: cost_per_generation.",
     )
     xai_api_key: SecretStr | None = Field(
         default=None,
@@ -228,7 +238,10 @@ class Settings(BaseSettings):
 
     # --- The diffusers engine (docs/engines/diffusers.md) ---------------------
     cost_diffusers: int | None = Field(
-        default=None, ge=0, description="Credits per diffusers task; default: cost_per_generation."
+        default=None,
+        ge=0,
+        le=MAX_BALANCE,
+        description="Credits per diffusers task; default: cost_per_generation.",
     )
     diffusers_model: Path | None = Field(
         default=None, description="Local diffusers model directory (the one with model_index.json)."

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagine.api.security import SECURITY_HEADERS
+from imagine.api.text import TEXT_ERROR, TEXT_RULE, scrub
 from imagine.errors import (
     ApiError,
     InternalError,
@@ -36,7 +37,12 @@ class FastJSONResponse(JSONResponse):
     with the security headers every answer carries."""
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        try:
+            return orjson.dumps(content)
+        except orjson.JSONEncodeError:
+            # Text stored before requests were held to `Text` may hold lone
+            # surrogates; show it with U+FFFD rather than fail every read of it.
+            return orjson.dumps(scrub(content))
 
     def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
         super().init_headers(headers)
@@ -60,9 +66,16 @@ def validation_message(exc: RequestValidationError) -> str:
     errors = exc.errors()
     if not errors:
         return "The request body is invalid"
-    first = errors[0]
+    # A string that is not text is named even when a union (`images`) also
+    # reports its other branch; the union's branch labels are not parameter names.
+    first = next((error for error in errors if error.get("type") == TEXT_ERROR), errors[0])
     kind = first.get("type", "")
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "header")]
+    loc = [
+        str(part)
+        for part in first.get("loc", ())
+        if part not in ("body", "query", "header", "path")
+        and (isinstance(part, int) or str(part).isidentifier())
+    ]
     if kind == "json_invalid":
         return "The request body is not valid JSON"
     if not loc:
@@ -72,6 +85,8 @@ def validation_message(exc: RequestValidationError) -> str:
         return f"The {name} parameter is required"
     if kind == "extra_forbidden":
         return f"Unknown parameter: {name}"
+    if kind == TEXT_ERROR:
+        return f"The {name} parameter must be {TEXT_RULE}"
     expected = {
         "string_type": "a string",
         "int_type": "an integer",

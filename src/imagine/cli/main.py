@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from imagine import private_files
+from imagine.credits import MAX_BALANCE
 from imagine.settings import PLANS, Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -57,6 +59,9 @@ DataDir = Annotated[
 
 
 def _settings(**overrides: object) -> Settings:
+    """The server's settings. Every command that loads them works on its data:
+    from here on, what the process creates is private to its user."""
+    private_files.private_by_default()
     try:
         return load_settings(**overrides)
     except SettingsError as exc:
@@ -73,7 +78,7 @@ def _with_db(
     from imagine.runtime import prepare_database
 
     async def runner() -> T:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_files.prepare_data_dir(settings.data_dir)
         db = Database(settings.resolved_database_url)
         try:
             if prepare:
@@ -245,7 +250,7 @@ def db_current(data_dir: DataDir = None) -> None:
 @keys_app.command("create")
 def keys_create(
     plan: Annotated[str, typer.Option(help="free | pro | enterprise")] = "free",
-    credits: Annotated[int, typer.Option(min=0, help="Starting credits")] = 0,
+    credits: Annotated[int, typer.Option(min=0, max=MAX_BALANCE, help="Starting credits")] = 0,
     name: Annotated[str, typer.Option(help="A label for the account and key")] = "",
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="One line of JSON")] = False,
@@ -365,7 +370,7 @@ def keys_revoke(key_id: str, data_dir: DataDir = None) -> None:
 @credits_app.command("grant")
 def credits_grant(
     account_id: str,
-    amount: Annotated[int, typer.Argument(min=1, help="Credits to add")],
+    amount: Annotated[int, typer.Argument(min=1, max=MAX_BALANCE, help="Credits to add")],
     data_dir: DataDir = None,
 ) -> None:
     """Add credits to an account (recorded in its ledger)."""
@@ -380,7 +385,11 @@ def credits_grant(
                 session, ledger.grant, account_id, amount, "granted by operator"
             )
 
-    balance = _with_db(settings, action)
+    try:
+        balance = _with_db(settings, action)
+    except ledger.BalanceLimit as exc:
+        errors.print(f"error: {exc}; nothing was granted", highlight=False)
+        raise typer.Exit(1) from None
     if balance is None:
         errors.print(f"error: no account with id {account_id}")
         raise typer.Exit(1)
@@ -404,12 +413,22 @@ def webhooks_secret(
     Tasks with a callback_url are refused until the account has one.
     """
     from imagine.webhooks import service as webhooks
+    from imagine.webhooks.sealing import SecretBox
 
     settings = _settings(data_dir=data_dir)
+    if not settings.resolved_database_url.startswith("sqlite") and not settings.secret_key:
+        errors.print(
+            "warning: IMAGINE_SECRET_KEY is not set, so the secret is stored encrypted "
+            f"with the key in {settings.data_dir.resolve()}; worker processes that do not "
+            "share this data dir cannot use it (give every process the same "
+            "IMAGINE_SECRET_KEY)",
+            highlight=False,
+        )
 
     async def action(db: Database) -> str:
+        box = SecretBox.for_settings(settings)
         async with db.write() as session:
-            return await webhooks.create_secret(session, account_id, rotate=rotate)
+            return await webhooks.create_secret(session, account_id, rotate=rotate, box=box)
 
     try:
         secret = _with_db(settings, action)

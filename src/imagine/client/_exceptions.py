@@ -15,7 +15,7 @@ Grouped by cause so callers can catch as broadly or as narrowly as they need:
     │   │   └── TaskFinished               409 TASK_FINISHED (cancel of an ended task)
     │   ├── RateLimited                    429 RATE_LIMITED (retry_after, reset_at)
     │   ├── ServerError                    5xx
-    │   └── UnexpectedResponse             a success status without the contract's envelope
+    │   └── UnexpectedResponse             a success status without what the contract says
     ├── APIConnectionError (also ConnectionError)   no answer: refused, reset, DNS, TLS
     │   └── APITimeoutError (also TimeoutError)
     ├── TaskFailed                         the task ended failed or cancelled
@@ -137,7 +137,9 @@ class ServerError(APIError):
 
 
 class UnexpectedResponse(APIError):
-    """A success status whose body is not the contract's envelope (wrong base URL?)."""
+    """A success status whose body is not what the contract says: not the envelope
+    (wrong base URL?), or values no Imagine server sends (a task id that is not
+    one, which `download` will not turn into a file name)."""
 
 
 class APIConnectionError(ImagineError, ConnectionError):

@@ -11,6 +11,7 @@ the network, the clock and the callbacks differ between the two.
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Generator, Sequence
@@ -232,17 +233,15 @@ class Flows:
                 f"Task {task.task_id} is {task.status}; wait for it to complete before downloading"
             )
         target = Path(directory)
+        paths = _video_paths(target, task)
         try:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"Cannot create the directory {target}: {exc}") from None
-        paths = []
-        for index, url in enumerate(task.response):
-            path = target / f"{task.task_id}_{index}.mp4"
+        for url, path in zip(task.response, paths, strict=True):
             # The links are signed; the API key is not sent with them, so it never
             # reaches a storage host or CDN that serves the files.
             yield from self.request("GET", url, save_to=path, authorized=False)
-            paths.append(path)
         return paths
 
     def cancel(self, task_id: str) -> Flow[Task]:
@@ -360,6 +359,28 @@ class Cursor(Generic[C]):
             )
         self.after = page.next_after
         self.done = not page.has_more
+
+
+# What `new_id("task")` makes on the server: the prefix and lower-case hex.
+_TASK_ID = re.compile(r"task_[0-9a-f]{1,64}")
+
+
+def _video_paths(directory: Path, task: Task) -> list[Path]:
+    """Where `download` saves each video. The names come from the server's
+    answer, so the task id must be one the API issues and every file must land
+    directly in `directory`: a tampered answer (`"task_id": "../../x"`) must
+    never write anywhere else."""
+    inside = directory.resolve()
+    names = [f"{task.task_id}_{index}.mp4" for index in range(len(task.response))]
+    if _TASK_ID.fullmatch(task.task_id) is None or any(
+        (inside / name).parent != inside for name in names
+    ):
+        raise UnexpectedResponse(
+            f"Refusing to save the videos of task {task.task_id!r}: not a task id the "
+            "API issues, so not a safe file name; nothing was written",
+            status=200,
+        )
+    return [directory / name for name in names]
 
 
 def _data(response: httpx.Response) -> dict[str, Any]:

@@ -9,12 +9,18 @@ sessions elsewhere.
 
 from __future__ import annotations
 
-from sqlalchemy import Executable, bindparam, insert, select, update
+from sqlalchemy import BigInteger, Executable, bindparam, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from imagine.credits import MAX_BALANCE
 from imagine.db.models import Account, LedgerEntry
 from imagine.db.prepared import Tx
 from imagine.ids import utcnow
+
+
+class BalanceLimit(ValueError):
+    """A grant that would take the balance beyond `MAX_BALANCE`; nothing changed."""
+
 
 _ADD = (
     update(Account)
@@ -22,6 +28,18 @@ _ADD = (
     .values(balance=Account.balance + bindparam("amount"))
     .returning(Account.balance)
 )
+# A grant never overflows the column: the room left is checked in the same
+# statement (written so that nothing in it can overflow either).
+_ADD_WITHIN_LIMIT = (
+    update(Account)
+    .where(
+        Account.id == bindparam("account_id"),
+        Account.balance <= literal(MAX_BALANCE, BigInteger) - bindparam("amount", type_=BigInteger),
+    )
+    .values(balance=Account.balance + bindparam("amount"))
+    .returning(Account.balance)
+)
+_EXISTS = select(Account.id).where(Account.id == bindparam("account_id"))
 # The check and the subtraction are one statement, so concurrent submits can
 # never overdraw: the database serialises them on the account row.
 _SUBTRACT_IF_COVERED = (
@@ -70,8 +88,16 @@ def _move(
 
 
 def grant(tx: Tx, account_id: str, amount: int, note: str = "") -> int | None:
-    """Add credits; returns the new balance, or None when the account does not exist."""
-    return _move(tx, _ADD, account_id, "grant", amount, note=note)
+    """Add credits; returns the new balance, or None when the account does not exist.
+    Raises `BalanceLimit` when the balance would exceed `MAX_BALANCE`."""
+    if not 0 < amount <= MAX_BALANCE:
+        raise BalanceLimit(f"a grant must be from 1 to {MAX_BALANCE} credits, not {amount}")
+    balance = _move(tx, _ADD_WITHIN_LIMIT, account_id, "grant", amount, note=note)
+    if balance is None and tx.first(_EXISTS, {"account_id": account_id}) is not None:
+        raise BalanceLimit(
+            f"granting {amount} credits would take the balance of {account_id} beyond {MAX_BALANCE}"
+        )
+    return balance
 
 
 def debit(tx: Tx, account_id: str, task_id: str, cost: int) -> bool:

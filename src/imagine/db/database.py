@@ -21,10 +21,13 @@ The hot paths bypass the ORM (see `imagine.db.prepared`):
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Executable, event
@@ -38,6 +41,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import Session
 
+from imagine import private_files
 from imagine.db.group_commit import GroupCommitter
 from imagine.db.prepared import AsyncpgReads, ConnectionTx, Row, SqliteTx
 
@@ -60,6 +64,7 @@ class Database:
         self._hot_connections: list[sqlite3.Connection] = []
         if self.is_sqlite:
             self._path = make_url(url).database or ""
+            _create_private(self._path)
             self._read_engine = _sqlite_engine(url, begin="BEGIN")
             self._write_engine = _sqlite_engine(url, begin="BEGIN IMMEDIATE")
             self._committer = GroupCommitter(lambda: _sqlite_connect(self._path))
@@ -162,6 +167,15 @@ def _sqlite_connect(path: str, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) ->
     )
     _sqlite_pragmas(connection, busy_timeout_ms)
     return connection
+
+
+def _create_private(path: str) -> None:
+    """Create the database file 0600 before SQLite does: SQLite gives its WAL and
+    shared-memory files the database file's mode, so all three stay private."""
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    with contextlib.suppress(FileExistsError, FileNotFoundError):
+        os.close(private_files.create_private(Path(path)))
 
 
 def _sqlite_pragmas(connection: Any, busy_timeout_ms: int) -> None:

@@ -11,8 +11,11 @@ definition.
 Why an explicit deny list: `ipaddress.is_global` alone misses multicast and
 (depending on the Python version) IPv4 tunnelled inside IPv6, e.g.
 `64:ff9b::7f00:1` (NAT64 of 127.0.0.1) or `2002:7f00:1::` (6to4) report as
-global on 3.11. We unwrap embedded IPv4 and check it against the IPv4 list,
-and additionally refuse anything that is not global.
+global on 3.11, and it lags the IANA special-purpose registries (3.11 calls
+`3fff::1` and `5f00::1` global). We unwrap embedded IPv4 and check it
+against the IPv4 list, refuse every IPv6 address outside 2000::/3 (the only
+block IANA allocates for global unicast) but the IPv4-mapped and NAT64 forms
+judged by their IPv4, and additionally refuse anything that is not global.
 """
 
 from __future__ import annotations
@@ -81,15 +84,27 @@ _FORBIDDEN_V4: tuple[IPv4Network, ...] = tuple(
     )
 )
 
+# The IANA IPv6 Special-Purpose Address Registry's blocks that are not
+# globally reachable, and a few more. Those outside 2000::/3 are refused by
+# `_GLOBAL_UNICAST` anyway; they are listed so the policy reads in one place.
 _FORBIDDEN_V6: tuple[IPv6Network, ...] = tuple(
     IPv6Network(n)
     for n in (
         "::/96",  # unspecified, loopback and deprecated IPv4-compatible ::a.b.c.d
         "::ffff:0:0/96",  # IPv4-mapped (only allowed if the unwrapped IPv4 is)
+        "::ffff:0:0:0/96",  # IPv4-translated (SIIT, RFC 2765): ::ffff:0:a.b.c.d
         "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
-        "100::/64",  # discard-only
-        "2001::/23",  # IETF protocol assignments, includes Teredo 2001::/32
+        "100::/64",  # discard-only (RFC 6666)
+        "100:0:0:1::/64",  # dummy prefix (RFC 9780)
+        # IETF protocol assignments, Teredo 2001::/32 and benchmarking included.
+        # Refused whole, although the registry marks a few of its blocks
+        # globally reachable: those are anycast services answered by the
+        # instance nearest the server (PCP, TURN, AMT relays, AS112) or
+        # identifiers (ORCHIDv2, drone tags), never a web host to fetch from.
+        "2001::/23",
         "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation (RFC 9637)
+        "5f00::/16",  # segment routing (SRv6) SIDs (RFC 9602)
         "fc00::/7",  # unique local
         "fe80::/10",  # link-local
         "fec0::/10",  # deprecated site-local
@@ -97,20 +112,24 @@ _FORBIDDEN_V6: tuple[IPv6Network, ...] = tuple(
     )
 )
 
+_GLOBAL_UNICAST = IPv6Network("2000::/3")
 _NAT64 = IPv6Network("64:ff9b::/96")
 _IPV4_MAPPED = IPv6Network("::ffff:0:0/96")
+_IPV4_TRANSLATED = IPv6Network("::ffff:0:0:0/96")
 _IPV4_COMPATIBLE = IPv6Network("::/96")
 
 
 def embedded_ipv4(ip: IPv6Address) -> list[IPv4Address]:
-    """IPv4 addresses an IPv6 address tunnels to (mapped, compatible, 6to4, NAT64, Teredo).
+    """IPv4 addresses an IPv6 address tunnels to (mapped, translated, compatible,
+    6to4, NAT64, Teredo).
 
     Connecting to any of these forms can reach the embedded IPv4 host, so the
-    policy must judge them as that host.
+    policy must judge them as that host. (Local-use NAT64, 64:ff9b:1::/48,
+    spreads the IPv4 around a reserved octet; it is refused whole instead.)
     """
     found: list[IPv4Address] = []
     packed = int(ip)
-    if ip in _IPV4_MAPPED or ip in _IPV4_COMPATIBLE or ip in _NAT64:
+    if any(ip in net for net in (_IPV4_MAPPED, _IPV4_TRANSLATED, _IPV4_COMPATIBLE, _NAT64)):
         found.append(IPv4Address(packed & 0xFFFFFFFF))
     if ip.sixtofour is not None:
         found.append(ip.sixtofour)
@@ -135,6 +154,10 @@ def is_forbidden_address(ip: IPAddress) -> bool:
     if ip in _IPV4_MAPPED and embedded:
         # ::ffff:a.b.c.d is a.b.c.d; judge it only by the IPv4 rules.
         return False
+    if ip not in _GLOBAL_UNICAST and ip not in _NAT64:
+        # Reserved or special-purpose space, including blocks assigned after
+        # this list was written.
+        return True
     return not ip.is_global or any(ip in net for net in _FORBIDDEN_V6)
 
 

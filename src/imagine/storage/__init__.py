@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from imagine.server_secret import server_secret
 from imagine.settings import Settings
 from imagine.storage.base import Storage
-from imagine.storage.local import LocalStorage, load_or_create_secret
+from imagine.storage.local import LocalStorage
 
 
 def create_storage(settings: Settings) -> Storage:
@@ -17,8 +18,7 @@ def create_storage(settings: Settings) -> Storage:
             ttl_seconds=settings.file_url_ttl_seconds,
             public_base_url=settings.storage_public_url,
         )
-    secret = load_or_create_secret(settings.data_dir, settings.secret_key)
-    return LocalStorage(settings.files_dir, secret, settings.file_url_ttl_seconds)
+    return LocalStorage(settings.files_dir, server_secret(settings), settings.file_url_ttl_seconds)
 
 
 __all__ = ["LocalStorage", "Storage", "create_storage"]

@@ -16,24 +16,29 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from imagine import private_files
+
 _ROUND = 3600
 
 
 class LocalStorage:
     def __init__(self, root: Path, secret: bytes, ttl_seconds: int) -> None:
-        self.root = root.resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_files.private_dir(root.resolve())
         self._secret = secret
         self._ttl = ttl_seconds
 
     def save(self, task_id: str, source: Path) -> str:
         key = f"{task_id}/{secrets.token_urlsafe(12)}{source.suffix}"
         target = self.root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_files.private_dir(target.parent)
         partial = target.with_name(target.name + ".partial")
-        shutil.copyfile(source, partial)
-        with partial.open("rb+") as handle:
-            os.fsync(handle.fileno())
+        with (
+            source.open("rb") as reader,
+            os.fdopen(private_files.create_private(partial), "wb") as writer,
+        ):
+            shutil.copyfileobj(reader, writer)
+            writer.flush()
+            os.fsync(writer.fileno())
         os.replace(partial, target)
         return key
 
@@ -67,24 +72,3 @@ class LocalStorage:
     def _sign(self, key: str, expires: int) -> str:
         message = f"{key}\n{expires}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
-
-
-def load_or_create_secret(data_dir: Path, configured: str | None) -> bytes:
-    """The signing secret: configured, or generated once and kept in the data dir."""
-    if configured:
-        return configured.encode()
-    path = data_dir / "secret.key"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        # Written aside, then linked into place: a concurrent starter sees
-        # either no file or the whole secret, never a partial one.
-        draft = data_dir / f".secret.{secrets.token_hex(4)}"
-        draft.write_text(secrets.token_hex(32))
-        draft.chmod(0o600)
-        try:
-            os.link(draft, path)
-        except FileExistsError:
-            pass
-        finally:
-            draft.unlink()
-    return path.read_bytes().strip()

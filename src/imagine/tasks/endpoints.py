@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
 from starlette.types import Scope
@@ -19,6 +19,7 @@ from imagine.accounts.service import Principal
 from imagine.api.envelope import success
 from imagine.api.fastpath import FastHandler
 from imagine.api.services import Services, principal, services
+from imagine.api.text import Text, is_text
 from imagine.db.prepared import Row
 from imagine.errors import InvalidRequest
 from imagine.failures import TEST_OUTCOMES
@@ -177,7 +178,7 @@ async def status_fast(svc: Services, scope: Scope, body: bytes) -> Response | No
         task_id = query[8:].decode("latin-1")  # what the full parse below gives for such a query
     else:
         values = QueryParams(query).getlist("task_id")
-        if len(values) != 1:
+        if len(values) != 1 or not is_text(values[0]):
             return None
         task_id = values[0]
     task = await service.get_task(svc.db, scope["state"]["principal"], task_id)
@@ -208,7 +209,7 @@ async def status(
     http_request: Request,
     svc: Annotated[Services, Depends(services)],
     caller: Annotated[Principal, Depends(principal)],
-    task_id: Annotated[str, Query(description="The id returned by /v1/generate")],
+    task_id: Annotated[Text, Query(description="The id returned by /v1/generate")],
 ) -> JSONResponse:
     """A task's state; `response` lists the video URLs once it is completed.
 
@@ -220,7 +221,7 @@ async def status(
 class CancelBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task_id: StrictStr
+    task_id: Text
 
 
 @router.post("/cancel", response_model=TaskEnvelope, responses=ERRORS)
@@ -258,7 +259,7 @@ async def list_tasks(
         Literal["pending", "processing", "completed", "failed", "cancelled"] | None, Query()
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: Annotated[str | None, Query(description="next_after of the previous page")] = None,
+    after: Annotated[Text | None, Query(description="next_after of the previous page")] = None,
 ) -> JSONResponse:
     """The caller's tasks, newest first, in pages (test keys see only test tasks)."""
     page = await service.list_tasks(svc.db, caller, status=status, limit=limit, after=after)

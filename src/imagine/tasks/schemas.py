@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
+from imagine.api.text import Text
 from imagine.engines.base import EngineCapabilities
 from imagine.errors import InvalidRequest
 from imagine.media.fetch import decode_data_url
@@ -23,25 +24,25 @@ SEED_MAX = 2**32 - 1
 
 
 class GenerateBody(BaseModel):
-    """What a client may send. Strict types: `"6"` is not a duration."""
+    """What a client may send. Strict types: `"6"` is not a duration; strings are `Text`."""
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: StrictStr = Field(default="normal", description="normal | fun | spicy | custom")
-    prompt: StrictStr = Field(description="What the video shows; 1-5000 characters.")
-    images: list[StrictStr] | StrictStr | None = Field(
+    mode: Text = Field(default="normal", description="normal | fun | spicy | custom")
+    prompt: Text = Field(description="What the video shows; 1-5000 characters.")
+    images: list[Text] | Text | None = Field(
         default=None,
         description="0-7 http(s) or data:image/…;base64 URLs (a single string is one image).",
     )
-    ratio: StrictStr = Field(default="16:9", description=" | ".join(RATIOS))
+    ratio: Text = Field(default="16:9", description=" | ".join(RATIOS))
     duration: StrictInt = Field(default=6, description="Seconds, 1-15.")
-    resolution: StrictStr = Field(
+    resolution: Text = Field(
         default="480p", description="480p | 720p (| 1080p where the engine supports it)"
     )
     seed: StrictInt | None = Field(
         default=None, description=f"0-{SEED_MAX}; same seed, same video."
     )
-    callback_url: StrictStr | None = Field(
+    callback_url: Text | None = Field(
         default=None,
         description="http(s) URL that receives the task's status, signed, when it ends "
         "(Standard Webhooks; the account needs a signing secret, see docs/webhooks.md).",

@@ -10,10 +10,18 @@ event is then delivered, due again after the next delay of
 `webhook_retry_delays`, or failed.
 
 What counts: a 2xx answer is success. Timeouts, connection and DNS errors,
-5xx, 408, 429 and 3xx (redirects are never followed) are retried; any other
-4xx, and a URL or address the SSRF policy refuses, fail the event at once.
-The payload is built at delivery time from the task as it is then, and
-signed with the account's secret as it is then.
+a name that resolves to an address the SSRF policy refuses, 5xx, 408, 429
+and 3xx (redirects are never followed) are retried; any other 4xx, and a URL
+the policy refuses as written, fail the event at once. The payload is built
+at delivery time from the task as it is then, and signed with the account's
+secret as it is then.
+
+What the account sees of a failed attempt is one of a few fixed reasons
+below, never what the server's resolver or network said: that would let
+anyone with a key map names and addresses inside the server's network. A
+forbidden address reads, and is retried, like a name that does not resolve,
+so even the reason tells nothing about internal names. The details go to the
+server log.
 """
 
 from __future__ import annotations
@@ -50,11 +58,21 @@ from imagine.storage.base import Storage
 from imagine.tasks.service import isoformat, status_view, task_row
 from imagine.webhooks import repository
 from imagine.webhooks.repository import AttemptResult, ClaimedEvent
+from imagine.webhooks.sealing import SecretBox, UnreadableSecret
 from imagine.webhooks.signing import signed_headers
 
 log = logging.getLogger("imagine.webhooks")
 
 _RETRYABLE_4XX = frozenset({408, 429})
+
+# The reasons an account may see (`GET /v1/tasks/{id}/deliveries`).
+REFUSED = "refused: the callback URL is not allowed"
+CONNECTION_FAILED = "connection failed"
+TIMED_OUT = "timed out"
+REDIRECT_NOT_FOLLOWED = "redirect not followed"
+NO_CALLBACK_URL = "the task has no callback_url"
+NO_SIGNING_SECRET = "the account has no webhook signing secret"
+INTERNAL_ERROR = "internal error"
 
 
 def build_payload(event_type: str, occurred_at: datetime, data: dict[str, Any]) -> bytes:
@@ -69,7 +87,9 @@ def classify(status_code: int, location: str | None = None) -> AttemptResult:
         return AttemptResult(status_code, None, retryable=False)
     if 300 <= status_code < 400:
         where = repr(location[:200]) if location else "nowhere"
-        return AttemptResult(status_code, f"redirect to {where} not followed", retryable=True)
+        return AttemptResult(
+            status_code, REDIRECT_NOT_FOLLOWED, retryable=True, detail=f"Location: {where}"
+        )
     if 400 <= status_code < 500 and status_code not in _RETRYABLE_4XX:
         return AttemptResult(status_code, None, retryable=False)
     return AttemptResult(status_code, None, retryable=True)
@@ -101,6 +121,7 @@ class Dispatcher:
         # its events; a dead one's come back after this.
         self._lease = 2 * self._timeout + 10
         self._base_url = settings.public_url or f"http://{settings.host}:{settings.port}"
+        self._secrets = SecretBox.for_settings(settings)
         self._transport: httpx.AsyncHTTPTransport | None = None
         self._inflight: dict[asyncio.Task[None], ClaimedEvent] = {}
         self._stopping = asyncio.Event()
@@ -166,11 +187,21 @@ class Dispatcher:
             async with asyncio.timeout(self._timeout):
                 result = await self.attempt(event)
         except TimeoutError:
-            result = AttemptResult(None, f"timed out after {self._timeout:g}s", retryable=True)
-        except Exception as exc:
+            detail = f"no answer within {self._timeout:g}s"
+            result = AttemptResult(None, TIMED_OUT, retryable=True, detail=detail)
+        except Exception:
             log.exception("%s: delivering %s failed unexpectedly", self.name, event.id)
-            result = AttemptResult(None, f"internal error: {type(exc).__name__}", retryable=True)
+            result = AttemptResult(None, INTERNAL_ERROR, retryable=True)
         duration_ms = round((time.monotonic() - started) * 1000)
+        if result.detail is not None:
+            log.warning(
+                "webhook %s for %s, attempt %d: %s (%s)",
+                event.id,
+                event.task_id,
+                event.attempt,
+                result.error or f"HTTP {result.status_code}",
+                result.detail,
+            )
         try:
             status = await repository.record_attempt(
                 self.db,
@@ -203,24 +234,29 @@ class Dispatcher:
                     .where(Task.id == event.task_id)
                 )
             ).first()
-        task, secret = (row[0], row[1]) if row is not None else (None, None)
+        task, stored = (row[0], row[1]) if row is not None else (None, None)
         if task is None or not task.callback_url:
-            return AttemptResult(None, "the task has no callback_url", retryable=False)
-        if not secret:
+            return AttemptResult(None, NO_CALLBACK_URL, retryable=False)
+        if not stored:
             # Never deliver unsigned: the receiver could not tell it from a forgery.
-            return AttemptResult(None, "the account has no webhook signing secret", False)
+            return AttemptResult(None, NO_SIGNING_SECRET, retryable=False)
+        try:
+            secret = self._secrets.open(task.account_id, stored)
+        except UnreadableSecret as exc:
+            # A configuration error: retried, so deliveries resume once it is fixed.
+            return AttemptResult(None, INTERNAL_ERROR, retryable=True, detail=str(exc))
         try:
             target = check_target(task.callback_url, allow_private=self._allow_private)
         except UnsafeURL as exc:
-            return AttemptResult(None, f"refused: {exc}", retryable=False)
+            return AttemptResult(None, REFUSED, retryable=False, detail=str(exc))
         try:
             addresses = await resolve_checked(
                 target, resolver=self._resolver, allow_private=self._allow_private
             )
-        except UnsafeURL as exc:
-            return AttemptResult(None, f"refused: {exc}", retryable=False)
-        except OSError as exc:
-            return AttemptResult(None, f"cannot resolve {target.host!r}: {exc}", True)
+        except (UnsafeURL, OSError) as exc:
+            # The same answer whether the name is unknown or points inside: see above.
+            detail = f"{exc} (resolving {target.host!r})"
+            return AttemptResult(None, CONNECTION_FAILED, retryable=True, detail=detail)
 
         data = status_view(task_row(task), lambda key: self.storage.url(key, self._base_url))
         body = build_payload(event.event_type, event.created_at, data)
@@ -240,11 +276,11 @@ class Dispatcher:
                 content=body,
             )
         except UnsafeURL as exc:
-            return AttemptResult(None, f"refused: {exc}", retryable=False)
+            return AttemptResult(None, REFUSED, retryable=False, detail=str(exc))
         except httpx.TimeoutException as exc:
-            return AttemptResult(None, f"timed out: {type(exc).__name__}", retryable=True)
+            return AttemptResult(None, TIMED_OUT, retryable=True, detail=repr(exc))
         except httpx.TransportError as exc:
-            return AttemptResult(None, f"connection error: {exc}", retryable=True)
+            return AttemptResult(None, CONNECTION_FAILED, retryable=True, detail=repr(exc))
         try:
             return classify(response.status_code, response.headers.get("location"))
         finally:

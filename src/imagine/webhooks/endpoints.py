@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from imagine.accounts.service import Principal
 from imagine.api.envelope import success
 from imagine.api.services import Services, principal, services
+from imagine.api.text import Text
 from imagine.tasks import service as tasks
 from imagine.tasks.endpoints import ERRORS, bearer
 from imagine.webhooks import service
@@ -91,7 +92,7 @@ EXAMPLE = {
 async def deliveries(
     svc: Annotated[Services, Depends(services)],
     caller: Annotated[Principal, Depends(principal)],
-    task_id: Annotated[str, Path(description="The id returned by /v1/generate")],
+    task_id: Annotated[Text, Path(description="The id returned by /v1/generate")],
 ) -> JSONResponse:
     """The webhook messages sent for a task (one when it ends with a `callback_url`)
     and every attempt to deliver each: HTTP status or error, and how long it took.

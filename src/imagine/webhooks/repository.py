@@ -12,7 +12,7 @@ taken over cannot overwrite the newer attempt's outcome.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,11 +40,17 @@ class ClaimedEvent:
 
 @dataclass(frozen=True)
 class AttemptResult:
-    """What one try gave: an HTTP status, or an error before or instead of one."""
+    """What one try gave: an HTTP status, or an error before or instead of one.
+
+    `error` is stored and shown to the account, so it is one of the
+    dispatcher's fixed reasons; `detail` (what the resolver or the connection
+    said) goes only to the server log.
+    """
 
     status_code: int | None
     error: str | None
     retryable: bool
+    detail: str | None = field(default=None, compare=False)
 
     @property
     def delivered(self) -> bool:

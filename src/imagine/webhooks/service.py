@@ -12,6 +12,7 @@ from imagine.db.models import Account
 from imagine.errors import InvalidRequest
 from imagine.tasks.service import isoformat
 from imagine.webhooks import repository
+from imagine.webhooks.sealing import SecretBox
 from imagine.webhooks.signing import new_secret
 
 
@@ -23,8 +24,11 @@ class SecretExists(Exception):
     """The account already has a signing secret and replacing it was not asked for."""
 
 
-async def create_secret(session: AsyncSession, account_id: str, *, rotate: bool) -> str:
-    """Give the account a new signing secret and return it (the only time it is shown).
+async def create_secret(
+    session: AsyncSession, account_id: str, *, rotate: bool, box: SecretBox
+) -> str:
+    """Give the account a new signing secret and return it (the only time it is
+    shown; it is stored sealed by `box`).
 
     Without `rotate`, an existing secret is kept and `SecretExists` raised, so an
     operator cannot break a working receiver by accident. The conditional
@@ -37,7 +41,7 @@ async def create_secret(session: AsyncSession, account_id: str, *, rotate: bool)
     result = await session.execute(
         update(Account)
         .where(condition)
-        .values(webhook_secret=secret)
+        .values(webhook_secret=box.seal(account_id, secret))
         .execution_options(synchronize_session=False)
     )
     if getattr(result, "rowcount", 0):
