@@ -7,6 +7,7 @@ the hour, so a client polling status keeps getting the same (cacheable) URL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -15,6 +16,8 @@ import shutil
 import time
 from pathlib import Path
 from urllib.parse import quote
+
+from imagine.storage.base import INPUTS_PREFIX
 
 _ROUND = 3600
 
@@ -37,10 +40,45 @@ class LocalStorage:
         os.replace(partial, target)
         return key
 
+    def put(self, name: str, data: bytes) -> str:
+        target = self.path_for(name)
+        if target is None:
+            raise ValueError(f"storage name {name!r} escapes the storage directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        with partial.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, target)
+        return name
+
+    def read(self, key: str) -> bytes:
+        path = self.path_for(key)
+        if path is None:
+            raise FileNotFoundError(key)
+        return path.read_bytes()
+
+    def entries(self, prefix: str) -> list[tuple[str, float]]:
+        folder, _, _ = prefix.rpartition("/")
+        base = self.path_for(folder) if folder else self.root
+        if base is None or not base.is_dir():
+            return []
+        found = []
+        for path in base.rglob("*"):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix) and path.is_file():
+                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                    found.append((key, path.stat().st_mtime))
+        return found
+
     def delete(self, key: str) -> None:
         path = self.path_for(key)
         if path is not None:
             path.unlink(missing_ok=True)
+            if path.parent != self.root:
+                with contextlib.suppress(OSError):  # not empty: other files of the task
+                    path.parent.rmdir()
 
     def path_for(self, key: str) -> Path | None:
         """The file behind a key, refusing anything that escapes the root."""
@@ -56,7 +94,7 @@ class LocalStorage:
 
     def verify(self, key: str, expires: int, signature: str) -> Path | None:
         """The file for a signed URL, or None if the signature, expiry or file is bad."""
-        if expires < time.time():
+        if expires < time.time() or key.startswith(INPUTS_PREFIX):
             return None
         if not hmac.compare_digest(self._sign(key, expires), signature):
             return None
