@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import io
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import httpx
+import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -43,6 +46,17 @@ def count_rows(settings: Settings, table: type[Base]) -> int:
     return run_db(settings, count)
 
 
+def assert_error(answer: httpx.Response, status: int, error: str) -> dict[str, Any]:
+    """The answer is the envelope of `error` with `status`, and gives nothing away."""
+    assert answer.status_code == status, answer.text
+    body: dict[str, Any] = answer.json()
+    assert body["code"] == status
+    assert body["error"] == error
+    assert isinstance(body["message"], str) and body["message"]
+    assert "Traceback" not in answer.text and "SELECT" not in answer.text
+    return body
+
+
 def wait_for_task(client: httpx.Client, task_id: str, timeout: float = 60) -> dict[str, Any]:
     """Poll /v1/status until the task ends; returns its `data`."""
     deadline = time.monotonic() + timeout
@@ -71,3 +85,37 @@ def image_bytes(
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def data_url(data: bytes, media_type: str = "image/png") -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
+
+
+def noise_png(size: tuple[int, int], seed: int = 0) -> bytes:
+    """A PNG of random pixels: it does not compress, so its size is about w*h*3 bytes."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _memory(field: str) -> int:
+    """A `Vm*` line of this process's /proc status, in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+@contextlib.contextmanager
+def peak_memory_growth() -> Iterator[list[int]]:
+    """How far this process's resident memory peaked above where it stood on
+    entry (the test server runs in this process): yields a list that holds the
+    growth in bytes once the block ends. Linux resets the peak on request."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # VmHWM := VmRSS
+    before = _memory("VmRSS")
+    growth: list[int] = []
+    yield growth
+    growth.append(_memory("VmHWM") - before)

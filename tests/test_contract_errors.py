@@ -18,17 +18,7 @@ from imagine.db.database import Database
 from imagine.db.models import Task
 
 from conftest import RunningServer
-from helpers import balance_and_ledger, count_rows, run_db
-
-
-def assert_error(answer: httpx.Response, status: int, error: str) -> dict[str, Any]:
-    assert answer.status_code == status, answer.text
-    body: dict[str, Any] = answer.json()
-    assert body["code"] == status
-    assert body["error"] == error
-    assert isinstance(body["message"], str) and body["message"]
-    assert "Traceback" not in answer.text and "SELECT" not in answer.text
-    return body
+from helpers import assert_error, balance_and_ledger, count_rows, run_db
 
 
 def count_tasks(server: RunningServer) -> int:

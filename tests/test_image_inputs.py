@@ -120,3 +120,18 @@ def test_private_image_urls_are_refused_at_submit_without_connecting(
     assert listener.connections == 0
     balance, _ = run_db(server.settings, lambda db: balance_and_ledger(db, issued.account_id))
     assert balance == 100
+
+
+def test_fetched_images_over_the_task_pixel_budget_fail_the_task_before_decoding(
+    server_factory: Any, image_host: str
+) -> None:
+    server: RunningServer = server_factory(task_max_pixels=64 * 48 * 2 - 1)  # FILES are 64x48
+    issued = server.new_key(credits=100)
+    urls = [f"{image_host}/photo.webp", f"{image_host}/photo.gif"]
+    with server.client(issued.key) as client:
+        answer = client.post("/v1/generate", json={"prompt": "too many pixels", "images": urls})
+        assert answer.status_code == 200  # URLs are fetched by the worker, not at submit
+        data = wait_for_task(client, answer.json()["data"]["task_id"])
+    assert (data["status"], data["error_message"]) == ("failed", "File type not supported")
+    balance, total = run_db(server.settings, lambda db: balance_and_ledger(db, issued.account_id))
+    assert balance == total == 100

@@ -14,10 +14,9 @@ import httpx
 from imagine.db.database import Database
 from imagine.db.models import Task
 from imagine.ids import new_id, utcnow
-from test_contract_errors import assert_error
 
 from conftest import RunningServer
-from helpers import balance_and_ledger, count_rows, run_db
+from helpers import assert_error, balance_and_ledger, count_rows, run_db
 
 LONE_SURROGATE = "\\ud800"  # as spelled inside a JSON string
 NUL = "\\u0000"

@@ -20,9 +20,10 @@ from imagine.db.models import Base, Task
 from imagine.media.video import probe_mp4
 from imagine.runtime import prepare_database
 from imagine.settings import load_settings
+from imagine.storage.s3 import S3Storage
 
 from conftest import RunningServer
-from helpers import balance_and_ledger, count_rows, run_db, wait_for_task
+from helpers import balance_and_ledger, count_rows, data_url, image_bytes, run_db, wait_for_task
 from objectstore import S3Server
 from processes import ImagineProcess, ServeProcess, WorkerProcess, cli
 
@@ -144,6 +145,51 @@ def test_s3_storage_serves_outputs_by_presigned_or_public_url(
     target = tmp_path / "out.mp4"
     target.write_bytes(body)
     assert probe_mp4(target).codec == "h264"
+
+
+def test_s3_keeps_input_images_apart_from_outputs_and_deletes_them_when_tasks_end(
+    server_factory: Any, s3_env: S3Server
+) -> None:
+    bucket = s3_env.new_bucket()
+    image = image_bytes((250, 200, 0), size=(320, 240))
+    body = {"prompt": "from s3", "images": [data_url(image)], "duration": 1}
+    waiting: RunningServer = server_factory(workers=0, storage_url=f"s3://{bucket}/videos")
+    issued = waiting.new_key()
+    with waiting.client(issued.key) as client:
+        task_id = client.post("/v1/generate", json=body).json()["data"]["task_id"]
+        (key,) = s3_env.keys(bucket)
+        assert key.startswith(f"videos/inputs/{task_id}/")
+        assert s3_env.client().get_object(Bucket=bucket, Key=key)["Body"].read() == image
+        client.post("/v1/cancel", json={"task_id": task_id}).raise_for_status()
+    assert s3_env.keys(bucket) == []
+
+    running: RunningServer = server_factory(storage_url=f"s3://{bucket}/videos")
+    with running.client(running.new_key().key) as client:
+        task_id = client.post("/v1/generate", json=body).json()["data"]["task_id"]
+        assert wait_for_task(client, task_id)["status"] == "completed"
+    deadline = time.monotonic() + 5  # deleted just after the ending commits
+    while len(s3_env.keys(bucket)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (output,) = s3_env.keys(bucket)
+    assert output.startswith(f"videos/{task_id}/") and output.endswith(".mp4")
+
+
+def test_s3_storage_lists_what_the_input_sweep_looks_at(s3_env: S3Server) -> None:
+    bucket = s3_env.new_bucket()
+    storage = S3Storage(f"s3://{bucket}/pre", ttl_seconds=60, client=s3_env.client())
+    stored = [storage.put(f"inputs/task_{n}/0-x", b"image") for n in range(3)]
+    storage.put("elsewhere/file", b"other")
+    entries = storage.entries("inputs/")
+    assert (
+        sorted(key for key, _ in entries)
+        == stored
+        == [f"pre/inputs/task_{n}/0-x" for n in range(3)]
+    )
+    assert all(abs(written - time.time()) < 300 for _, written in entries)
+    assert storage.read(stored[0]) == b"image"
+    storage.delete(stored[0])
+    with pytest.raises(FileNotFoundError):
+        storage.read(stored[0])
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)

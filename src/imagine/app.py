@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
         authenticate=accounts.KeyCache(svc.db, settings.key_cache_seconds).authenticate,
         limiter=svc.limiter,
         limit_for_plan=settings.rate_limit_for,
-        max_body_bytes=settings.max_body_bytes,
+        max_body_bytes=settings.body_limit,
         fail_open=settings.rate_limit_fail_open,
     )
     return app

@@ -19,20 +19,23 @@ from imagine.media.fetch import ImageFetcher
 from imagine.queue.worker import Worker, WorkerConfig
 from imagine.settings import Settings
 from imagine.storage import create_storage
+from imagine.tasks.inputs import InputStore, InputSweeper
 from imagine.webhooks.dispatcher import Dispatcher
 
 
 def build_services(settings: Settings) -> Services:
     private_files.prepare_data_dir(settings.data_dir)
     engine = create_engine(settings)
+    storage = create_storage(settings)
     return Services(
         settings=settings,
         db=Database(settings.resolved_database_url),
-        storage=create_storage(settings),
+        storage=storage,
         engine=engine,
         # Test keys' tasks always run on the preview engine, whatever serves live keys.
         test_engine=engine if engine.name == "preview" else PreviewEngine(),
         limiter=RateLimiter.from_url(settings.redis_url),
+        inputs=InputStore(storage),
     )
 
 
@@ -42,14 +45,15 @@ async def prepare_database(db: Database, settings: Settings) -> None:
 
 
 class WorkerPool:
-    """N workers sharing one engine, storage and image fetcher, and the webhook
+    """N workers sharing one engine, storage and image fetcher, the webhook
     dispatcher (which runs wherever workers run, so an API-only process makes
-    no outbound connections)."""
+    no outbound connections) and the sweep of left-over input images."""
 
     def __init__(self, svc: Services, count: int) -> None:
         settings = svc.settings
         self.fetcher = ImageFetcher(
             max_bytes=settings.image_max_bytes,
+            max_pixels=settings.image_max_pixels,
             timeout=settings.image_fetch_timeout,
             allow_private=settings.allow_private_urls,
         )
@@ -60,6 +64,8 @@ class WorkerPool:
             poll_interval=settings.poll_interval,
             task_timeout=settings.task_timeout_seconds,
             shutdown_grace=settings.shutdown_grace_seconds,
+            image_max_pixels=settings.image_max_pixels,
+            task_max_pixels=settings.task_max_pixels,
         )
         extra = {svc.test_engine.name: svc.test_engine}
         self.workers = [
@@ -76,6 +82,9 @@ class WorkerPool:
             for _ in range(count)
         ]
         self.dispatcher = Dispatcher(svc.db, svc.storage, settings) if count else None
+        self.sweeper = (
+            InputSweeper(svc.db, svc.inputs, settings.input_retention_seconds) if count else None
+        )
         self._running: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -90,6 +99,8 @@ class WorkerPool:
             self._running.append(
                 asyncio.create_task(self.dispatcher.run(), name=self.dispatcher.name)
             )
+        if self.sweeper is not None:
+            self._running.append(asyncio.create_task(self.sweeper.run(), name="input-sweeper"))
 
     async def stop(self) -> None:
         """Finish or release in-flight tasks and deliveries, then close shared clients."""
@@ -97,6 +108,8 @@ class WorkerPool:
             worker.stop()
         if self.dispatcher is not None:
             self.dispatcher.stop()
+        if self.sweeper is not None:
+            self.sweeper.stop()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self.fetcher.aclose()
 

@@ -25,6 +25,7 @@ from imagine.credits import MAX_BALANCE
 Plan = Literal["free", "pro", "enterprise"]
 PLANS: tuple[Plan, ...] = ("free", "pro", "enterprise")
 MODES: tuple[str, ...] = ("normal", "fun", "spicy", "custom")
+_BODY_SLACK = 64 * 1024  # the other fields, data: headers, JSON punctuation and spacing
 
 
 class Settings(BaseSettings):
@@ -64,7 +65,12 @@ class Settings(BaseSettings):
     rate_limit_enterprise: int = Field(default=5000, ge=1)
     enabled_modes: Annotated[tuple[str, ...], NoDecode] = MODES
 
-    max_body_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    max_body_bytes: int | None = Field(
+        default=None,
+        ge=1024,
+        description="Largest request body; default: what max_images data: images of "
+        "image_max_bytes each and a full prompt need, plus 64 KiB.",
+    )
     # What one request may take from the HTTP server (imagine.server).
     max_header_bytes: int = Field(
         default=32 * 1024,
@@ -100,6 +106,30 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=5000, ge=1)
     max_images: int = Field(default=7, ge=0)
     image_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    image_max_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Largest width x height of one input image, read from its header "
+        "before anything is decoded (decompression bombs).",
+    )
+    task_max_pixels: int = Field(
+        default=100_000_000,
+        ge=1,
+        description="Largest sum of width x height over a task's input images: checked at "
+        "submit for data: images, in the worker for fetched ones, before decoding.",
+    )
+    account_input_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=0,
+        description="Most bytes of data: images an account's unfinished tasks may hold "
+        "in storage; a submit beyond it is answered 429.",
+    )
+    input_retention_seconds: int = Field(
+        default=3600,
+        ge=60,
+        description="Stored input images whose task ended, or never committed, are "
+        "deleted by a periodic sweep once older than this (the safety net after a crash).",
+    )
     image_fetch_timeout: float = Field(default=20.0, gt=0)
     allow_private_urls: bool = Field(
         default=False,
@@ -368,6 +398,15 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
+
+    @property
+    def body_limit(self) -> int:
+        """The request body cap: configured, or what the image and prompt limits need
+        (base64 grows 3 bytes to 4; a JSON-escaped character takes at most 6 bytes)."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        base64_image = (self.image_max_bytes + 2) // 3 * 4
+        return self.max_images * base64_image + 6 * self.max_prompt_chars + _BODY_SLACK
 
     @property
     def files_dir(self) -> Path:

@@ -14,6 +14,7 @@ from imagine.db.database import Database
 from imagine.engines.base import Engine
 from imagine.settings import Settings
 from imagine.storage.base import Storage
+from imagine.tasks.inputs import InputStore
 from imagine.tasks.service import RecentDurations, SubmitPolicy
 
 
@@ -25,6 +26,7 @@ class Services:
     engine: Engine
     test_engine: Engine
     limiter: RateLimiter
+    inputs: InputStore
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     recent_durations: RecentDurations = field(default_factory=RecentDurations)
 
@@ -39,6 +41,7 @@ class Services:
             engine=engine.name,
             max_attempts=self.settings.max_attempts,
             idempotency_ttl=timedelta(seconds=self.settings.idempotency_ttl_seconds),
+            account_input_bytes=self.settings.account_input_bytes,
         )
 
     def base_url(self, request: Request) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -93,6 +94,15 @@ class Task(Base):
         Index("ix_tasks_lease", "status", "lease_expires_at"),
         Index("ix_tasks_listing", "account_id", "is_test", "created_at", "id"),
         Index("ix_tasks_finished", "status", "finished_at"),
+        # Only tasks that hold input images in storage (ending a task zeroes the
+        # count), so the per-account sum at an image submit reads a handful of
+        # rows, and a submit without images adds nothing to maintain.
+        Index(
+            "ix_tasks_held_inputs",
+            "account_id",
+            sqlite_where=text("input_bytes > 0"),
+            postgresql_where=text("input_bytes > 0"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -122,6 +132,9 @@ class Task(Base):
     # Saved by the engine (JobControl.checkpoint) so a later attempt resumes paid
     # upstream work instead of starting it again.
     engine_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Bytes of this task's data: images in storage (`imagine.tasks.inputs`);
+    # 0 once it ends, when they are deleted.
+    input_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class WebhookEvent(Base):

@@ -44,20 +44,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import socket
 import ssl
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 from urllib.parse import urljoin
 
 import httpx
-from PIL import Image
 
 from imagine.failures import FailureReason, TaskFailure
-from imagine.media.images import InputImage
+from imagine.media.images import (
+    InputImage,
+    check_task_pixels,
+    decode_reduced,
+    probe_image,
+    sniff_image_type,
+)
 from imagine.media.netguard import (
     IPAddress,
     IPNetwork,
@@ -71,7 +75,18 @@ from imagine.media.netguard import (
     send_pinned,
 )
 
-__all__ = ["ImageFetcher", "decode_data_url", "sniff_image_type"]
+__all__ = [
+    "ImageFetcher",
+    "decode_data_url",
+    "gather_or_cancel",
+    "inspect_images",
+    "sniff_image_type",
+]
+
+T = TypeVar("T")
+
+# A data: URL's header is a media type and a few parameters; a longer one is not an image.
+_MAX_DATA_HEADER = 256
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _RETRYABLE_STATUS = frozenset({408, 429})
@@ -80,27 +95,6 @@ _PERMANENT_DNS_ERRORS = frozenset(
     for code in (getattr(socket, "EAI_NONAME", None), getattr(socket, "EAI_NODATA", None))
     if code is not None
 )
-# (mime type, Pillow format name)
-_PNG = ("image/png", "PNG")
-_JPEG = ("image/jpeg", "JPEG")
-_WEBP = ("image/webp", "WEBP")
-_GIF = ("image/gif", "GIF")
-
-
-def sniff_image_type(data: bytes) -> tuple[str, str] | None:
-    """``(mime type, Pillow format)`` from magic bytes, or None if not an accepted image.
-
-    The server's Content-Type and the URL's extension are never trusted.
-    """
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return _PNG
-    if data.startswith(b"\xff\xd8\xff"):
-        return _JPEG
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return _WEBP
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return _GIF
-    return None
 
 
 def decode_data_url(url: str, max_bytes: int) -> bytes:
@@ -111,6 +105,8 @@ def decode_data_url(url: str, max_bytes: int) -> bytes:
     header, comma, payload = url[5:].partition(",")
     if url[:5].lower() != "data:" or not comma:
         raise ValueError("must be a data:image/...;base64, URL")
+    if len(header) > _MAX_DATA_HEADER:
+        raise ValueError(f"has a data: header longer than {_MAX_DATA_HEADER} characters")
     params = [p.strip().lower() for p in header.split(";")]
     if len(params) < 2 or params[-1] != "base64":
         raise ValueError("must be a data:image/...;base64, URL (base64-encoded)")
@@ -126,6 +122,53 @@ def decode_data_url(url: str, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise ValueError(f"is larger than {max_bytes} bytes")
     return data
+
+
+async def gather_or_cancel(awaitables: Sequence[Awaitable[T]]) -> list[T]:
+    """Run concurrently and return the results in order; the first failure
+    cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def inspect_images(
+    blobs: Sequence[bytes],
+    *,
+    max_pixels: int,
+    max_task_pixels: int | None = None,
+    short_side: int | None = None,
+) -> list[InputImage]:
+    """Check every image's type and size from its header, and their sum against
+    the task's pixel budget, before decoding any; then decode them one at a
+    time, each reduced to keep `short_side` pixels (blocking: run it in a thread).
+
+    One at a time, so a task holds one decoded image at once (at most
+    `max_pixels` × 4 bytes) rather than all of them.
+    """
+    headers = []
+    for number, data in enumerate(blobs):
+        try:
+            headers.append(probe_image(data, max_pixels))
+        except ValueError as exc:
+            raise _bad_file(f"images[{number}] {exc} (starts {data[:16]!r})") from None
+    if max_task_pixels is not None:
+        try:
+            check_task_pixels(headers, max_task_pixels)
+        except ValueError as exc:
+            raise _bad_file(f"the images {exc}") from None
+    images = []
+    for number, (data, header) in enumerate(zip(blobs, headers, strict=True)):
+        try:
+            images.append(decode_reduced(data, header, short_side))
+        except ValueError as exc:
+            raise _bad_file(f"images[{number}] {exc}") from None
+    return images
 
 
 def _refused(detail: str) -> TaskFailure:
@@ -201,35 +244,36 @@ class ImageFetcher:
             self._transport = guarded_transport(ssl_context=self._ssl_context)
         return self._transport
 
-    async def fetch_all(self, urls: Sequence[str]) -> list[InputImage]:
-        """Fetch every URL concurrently, in order; the first failure cancels the rest."""
-        tasks = [asyncio.create_task(self.fetch(url)) for url in urls]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+    async def fetch_all(
+        self, urls: Sequence[str], *, short_side: int | None = None
+    ) -> list[InputImage]:
+        """Download every URL concurrently, then check and decode the images in
+        order, one at a time (see `inspect_images`); the first failure cancels the rest."""
+        blobs = await gather_or_cancel([self.download(url) for url in urls])
+        return await asyncio.to_thread(
+            inspect_images, blobs, max_pixels=self._max_pixels, short_side=short_side
+        )
 
     async def fetch(self, url: str) -> InputImage:
         """Fetch one http(s) or data: URL and check it is a supported, sane image."""
+        return (await self.fetch_all([url]))[0]
+
+    async def download(self, url: str) -> bytes:
+        """The bytes behind one http(s) or data: URL, not yet looked at."""
         if url[:5].lower() == "data:":
             try:
-                data = decode_data_url(url, self._max_bytes)
+                return decode_data_url(url, self._max_bytes)
             except ValueError as exc:
                 raise _bad_file(str(exc)) from None
-        else:
-            try:
-                async with asyncio.timeout(self._timeout):
-                    data = await self._download(url)
-            except TimeoutError:
-                raise _transient(f"fetch exceeded {self._timeout}s total") from None
-            except httpx.TransportError as exc:  # includes httpx timeouts
-                raise _transient(f"transport error: {type(exc).__name__}: {exc}") from None
-            except httpx.InvalidURL as exc:  # not expected: URLs are built from checked parts
-                raise _refused(f"invalid URL: {exc}") from None
-        return await asyncio.to_thread(self._inspect, data)
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._download(url)
+        except TimeoutError:
+            raise _transient(f"fetch exceeded {self._timeout}s total") from None
+        except httpx.TransportError as exc:  # includes httpx timeouts
+            raise _transient(f"transport error: {type(exc).__name__}: {exc}") from None
+        except httpx.InvalidURL as exc:  # not expected: URLs are built from checked parts
+            raise _refused(f"invalid URL: {exc}") from None
 
     # -- http(s) --------------------------------------------------------------
 
@@ -333,28 +377,3 @@ class ImageFetcher:
             if len(body) > limit:
                 raise _bad_file(f"body larger than {limit} bytes from {target}")
         return bytes(body)
-
-    # -- image checks ---------------------------------------------------------
-
-    def _inspect(self, data: bytes) -> InputImage:
-        """Type by magic bytes, size from the header, then a full decode (in a thread)."""
-        kind = sniff_image_type(data)
-        if kind is None:
-            raise _bad_file(f"not PNG/JPEG/WebP/GIF (starts {data[:16]!r})")
-        mime, fmt = kind
-        try:
-            with Image.open(io.BytesIO(data), formats=[fmt]) as img:
-                width, height = img.size  # header only, nothing decoded yet
-                if width <= 0 or height <= 0:
-                    raise _bad_file(f"{fmt} with empty size {width}x{height}")
-                if width * height > self._max_pixels:
-                    raise _bad_file(
-                        f"{fmt} {width}x{height} exceeds {self._max_pixels} pixels "
-                        "(decompression bomb guard)"
-                    )
-                img.load()
-        except TaskFailure:
-            raise
-        except Exception as exc:  # Pillow raises many types for corrupt data
-            raise _bad_file(f"{fmt} does not decode: {type(exc).__name__}: {exc}") from None
-        return InputImage(data=data, mime_type=mime, width=width, height=height)

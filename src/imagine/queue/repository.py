@@ -131,6 +131,7 @@ async def _end(
         "lease_expires_at": None,
         "updated_at": now,
         "finished_at": now,
+        "input_bytes": 0,  # its inputs are deleted once this commits
     }
     if status == COMPLETED:
         values.update(outputs=outputs or [], progress=100)

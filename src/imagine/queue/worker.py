@@ -17,7 +17,7 @@ import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +25,22 @@ from typing import Any
 from imagine.db.database import Database
 from imagine.engines.base import Engine, GenerationJob, JobControl
 from imagine.failures import TEST_OUTCOMES, Cancelled, FailureReason, TaskFailure
-from imagine.media.fetch import ImageFetcher
+from imagine.media.fetch import ImageFetcher, gather_or_cancel, inspect_images
+from imagine.media.images import InputImage
 from imagine.queue import repository as queue
 from imagine.queue.repository import ClaimedTask
 from imagine.storage.base import Storage
+from imagine.tasks.inputs import InputStore
+from imagine.tasks.schemas import GenerationRequest, StoredImage
+from imagine.tasks.states import FAILED
 
 log = logging.getLogger("imagine.worker")
 
 PROGRESS_WRITE_INTERVAL = 1.0
+# Input images keep at least this many times the frame's longer side on their
+# shorter side: room for the preview's pan and zoom and for engines that crop,
+# while a 50-megapixel photo shrinks to a few megapixels before any engine sees it.
+INPUT_HEADROOM = 2
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,8 @@ class WorkerConfig:
     task_timeout: float
     retry_delay: float = 2.0
     shutdown_grace: float = 10.0
+    image_max_pixels: int = 50_000_000
+    task_max_pixels: int | None = None
 
 
 class Worker:
@@ -63,6 +73,7 @@ class Worker:
         # Tasks name the engine they were submitted for (test keys' tasks: preview).
         self.engines = {**(extra_engines or {}), engine.name: engine}
         self.storage = storage
+        self.inputs = InputStore(storage)
         self.fetcher = fetcher
         self.config = config
         self.workdir = workdir
@@ -164,12 +175,14 @@ class Worker:
     ) -> None:
         task_id = claimed.task_id
         workdir = Path(tempfile.mkdtemp(prefix=f"{task_id}-", dir=self.workdir))
+        ended = False
         try:
             paths = await asyncio.wait_for(
                 self._generate(claimed, control, workdir), self.config.task_timeout
             )
             keys = [await asyncio.to_thread(self.storage.save, task_id, path) for path in paths]
             if await queue.complete(self.db, claimed, keys):
+                ended = True
                 log.info("%s: %s completed (attempt %d)", self.name, task_id, claimed.attempt)
             else:
                 log.warning("%s: result of %s discarded: lease lost", self.name, task_id)
@@ -178,21 +191,24 @@ class Worker:
         except Cancelled:
             if progress.stop_reason == "cancelled":
                 if await queue.cancel_running(self.db, claimed):
+                    ended = True
                     log.info("%s: %s cancelled and refunded", self.name, task_id)
             elif self._stopping.is_set() and await queue.release(self.db, claimed):
                 log.info("%s: %s handed back to the queue at shutdown", self.name, task_id)
         except TaskFailure as failure:
-            await self._fail(claimed, failure.reason, failure.detail, failure.retryable)
+            ended = await self._fail(claimed, failure.reason, failure.detail, failure.retryable)
         except TimeoutError:
             control.cancel_event.set()
-            await self._fail(
+            ended = await self._fail(
                 claimed, FailureReason.BUILD_FAILED, "task time limit exceeded", retryable=False
             )
         except Exception as exc:
             log.exception("%s: %s crashed", self.name, task_id)
-            await self._fail(claimed, FailureReason.BUILD_FAILED, repr(exc), retryable=True)
+            ended = await self._fail(claimed, FailureReason.BUILD_FAILED, repr(exc), retryable=True)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+            if ended:  # committed: its input images are no longer needed
+                await self.inputs.discard(claimed.request.stored_images)
 
     async def _generate(
         self, claimed: ClaimedTask, control: JobControl, workdir: Path
@@ -201,9 +217,9 @@ class Worker:
         forced = TEST_OUTCOMES.get(claimed.test_outcome or "")
         if forced is not None:
             raise TaskFailure(forced, f"test outcome {claimed.test_outcome!r} requested")
-        images = await self.fetcher.fetch_all(request.images) if request.images else []
         engine = self.engines.get(claimed.engine, self.engine)
         width, height = request.size_for(engine.capabilities)
+        images = await self._input_images(request, width, height) if request.images else []
         job = GenerationJob(
             task_id=claimed.task_id,
             prompt=request.prompt,
@@ -220,9 +236,31 @@ class Worker:
         )
         return await engine.generate(job, workdir, control)
 
+    async def _input_images(
+        self, request: GenerationRequest, width: int, height: int
+    ) -> list[InputImage]:
+        """Stored inputs from storage and URLs through the fetcher, concurrently;
+        then checked (per image and against the task's pixel budget) and decoded
+        one at a time, each reduced to what a width x height frame can show."""
+
+        def load(image: str | StoredImage) -> Awaitable[bytes]:
+            if isinstance(image, StoredImage):
+                return self.inputs.read(image)
+            return self.fetcher.download(image)
+
+        blobs = await gather_or_cancel([load(image) for image in request.images])
+        return await asyncio.to_thread(
+            inspect_images,
+            blobs,
+            max_pixels=self.config.image_max_pixels,
+            max_task_pixels=self.config.task_max_pixels,
+            short_side=INPUT_HEADROOM * max(width, height),
+        )
+
     async def _fail(
         self, claimed: ClaimedTask, reason: FailureReason, detail: str, retryable: bool
-    ) -> None:
+    ) -> bool:
+        """Fail this attempt; True when that ended the task (no retry left)."""
         retry_after = self.config.retry_delay * 2 ** (claimed.attempt - 1) if retryable else None
         outcome = await queue.fail(self.db, claimed, reason, detail, retry_after=retry_after)
         log.warning(
@@ -234,6 +272,7 @@ class Worker:
             detail,
             outcome or "lease lost",
         )
+        return outcome == FAILED
 
 
 class _Progress:

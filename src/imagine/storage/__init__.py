@@ -1,4 +1,4 @@
-"""Where finished videos are kept: a local directory or S3-compatible storage."""
+"""Where videos, and input images while their task runs, are kept: a local directory or S3."""
 
 from __future__ import annotations
 

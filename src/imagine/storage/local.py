@@ -7,16 +7,20 @@ the hour, so a client polling status keeps getting the same (cacheable) URL.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote
 
 from imagine import private_files
+from imagine.storage.base import INPUTS_PREFIX
 
 _ROUND = 3600
 
@@ -29,23 +33,55 @@ class LocalStorage:
 
     def save(self, task_id: str, source: Path) -> str:
         key = f"{task_id}/{secrets.token_urlsafe(12)}{source.suffix}"
-        target = self.root / key
+        with source.open("rb") as reader:
+            self._write(self.root / key, lambda writer: shutil.copyfileobj(reader, writer))
+        return key
+
+    def put(self, name: str, data: bytes) -> str:
+        target = self.path_for(name)
+        if target is None:
+            raise ValueError(f"storage name {name!r} escapes the storage directory")
+        self._write(target, lambda writer: writer.write(data))
+        return name
+
+    @staticmethod
+    def _write(target: Path, fill: Callable[[BinaryIO], object]) -> None:
+        """A private file that appears whole or not at all: written beside its
+        name, synced, then renamed (a reader never sees half a file)."""
         private_files.private_dir(target.parent)
         partial = target.with_name(target.name + ".partial")
-        with (
-            source.open("rb") as reader,
-            os.fdopen(private_files.create_private(partial), "wb") as writer,
-        ):
-            shutil.copyfileobj(reader, writer)
+        with os.fdopen(private_files.create_private(partial), "wb") as writer:
+            fill(writer)
             writer.flush()
             os.fsync(writer.fileno())
         os.replace(partial, target)
-        return key
+
+    def read(self, key: str) -> bytes:
+        path = self.path_for(key)
+        if path is None:
+            raise FileNotFoundError(key)
+        return path.read_bytes()
+
+    def entries(self, prefix: str) -> list[tuple[str, float]]:
+        folder, _, _ = prefix.rpartition("/")
+        base = self.path_for(folder) if folder else self.root
+        if base is None or not base.is_dir():
+            return []
+        found = []
+        for path in base.rglob("*"):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix) and path.is_file():
+                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                    found.append((key, path.stat().st_mtime))
+        return found
 
     def delete(self, key: str) -> None:
         path = self.path_for(key)
         if path is not None:
             path.unlink(missing_ok=True)
+            if path.parent != self.root:
+                with contextlib.suppress(OSError):  # not empty: other files of the task
+                    path.parent.rmdir()
 
     def path_for(self, key: str) -> Path | None:
         """The file behind a key, refusing anything that escapes the root."""
@@ -61,7 +97,7 @@ class LocalStorage:
 
     def verify(self, key: str, expires: int, signature: str) -> Path | None:
         """The file for a signed URL, or None if the signature, expiry or file is bad."""
-        if expires < time.time():
+        if expires < time.time() or key.startswith(INPUTS_PREFIX):
             return None
         # A signature is hex; compare_digest raises on a str with other characters.
         if not signature.isascii() or not hmac.compare_digest(self._sign(key, expires), signature):

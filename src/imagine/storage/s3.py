@@ -38,12 +38,37 @@ class S3Storage:
         self._client = client
 
     def save(self, task_id: str, source: Path) -> str:
-        name = f"{task_id}/{secrets.token_urlsafe(12)}{source.suffix}"
-        key = f"{self.prefix}/{name}" if self.prefix else name
+        key = self._key(f"{task_id}/{secrets.token_urlsafe(12)}{source.suffix}")
         self._client.upload_file(
             str(source), self.bucket, key, ExtraArgs={"ContentType": "video/mp4"}
         )
         return key
+
+    def put(self, name: str, data: bytes) -> str:
+        key = self._key(name)
+        self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        return key
+
+    def read(self, key: str) -> bytes:
+        try:
+            answer = self._client.get_object(Bucket=self.bucket, Key=key)
+        except self._client.exceptions.NoSuchKey:
+            raise FileNotFoundError(key) from None
+        data: bytes = answer["Body"].read()
+        return data
+
+    def entries(self, prefix: str) -> list[tuple[str, float]]:
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix)
+        )
+        return [
+            (item["Key"], item["LastModified"].timestamp())
+            for page in pages
+            for item in page.get("Contents", ())
+        ]
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
 
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=key)

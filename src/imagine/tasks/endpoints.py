@@ -133,6 +133,7 @@ async def _accept(
         svc.submit_policy(caller),
         _idempotency_key(idempotency_key),
         _test_outcome(test_outcome, caller),
+        svc.inputs,
     )
     svc.wakeup.set()
     return success({"task_id": task_id})
@@ -234,7 +235,7 @@ async def cancel(
     """Cancel a task and refund it. A pending task is `cancelled` at once; a
     processing one is stopped within seconds (`cancel_requested` until then);
     a finished one answers 409 `TASK_FINISHED`."""
-    task = await service.cancel(svc.db, caller, body.task_id)
+    task = await service.cancel(svc.db, caller, body.task_id, svc.inputs)
     return success(await task_view(svc, task, lambda: svc.base_url(http_request)))
 
 

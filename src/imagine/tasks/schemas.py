@@ -7,7 +7,8 @@ so every rule produces one clear "Invalid request: …" sentence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
@@ -16,6 +17,7 @@ from imagine.api.text import Text
 from imagine.engines.base import EngineCapabilities
 from imagine.errors import InvalidRequest
 from imagine.media.fetch import decode_data_url
+from imagine.media.images import check_task_pixels, probe_image
 from imagine.media.netguard import UnsafeURL, check_url_syntax
 from imagine.settings import Settings
 from imagine.sizes import FRAME_SIZES, RATIOS, RESOLUTIONS
@@ -50,28 +52,67 @@ class GenerateBody(BaseModel):
 
 
 @dataclass(frozen=True)
+class StoredImage:
+    """A `data:` image whose bytes went to storage: the task row keeps only this."""
+
+    key: str
+    """Where the bytes are (`inputs/<task id>/…`, never served or listed as an output)."""
+    shown: str
+    """What its owner sees instead of the data: `data:image/png;base64,…(N characters)`."""
+    size: int
+    """Bytes held in storage."""
+
+    @classmethod
+    def for_data_url(cls, key: str, url: str, data: bytes) -> StoredImage:
+        return cls(key=key, shown=summarise_data_url(url), size=len(data))
+
+
+def summarise_data_url(url: str) -> str:
+    """A data: URL as its owner is shown it: the header and the length, not the data."""
+    return f"{url.split(',', 1)[0]},…({len(url)} characters)"
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
-    """A request that passed every rule: what the task stores and the worker runs."""
+    """A request that passed every rule: what the task stores and the worker runs.
+
+    `images` are http(s) URLs, `StoredImage`s, or (rows written before inputs
+    went to storage) inline `data:` URLs.
+    """
 
     mode: str
     prompt: str
     ratio: str
-    images: tuple[str, ...]
+    images: tuple[str | StoredImage, ...]
     duration: int
     resolution: str
     seed: int | None
     callback_url: str | None = None
+    uploads: Mapping[int, bytes] = field(default_factory=dict, compare=False, repr=False)
+    """The decoded `data:` images by position, checked at submit, on their way to
+    storage; never part of the task row."""
 
     def to_json(self) -> dict[str, Any]:
         data = dict(vars(self))  # the fields are flat: no need for asdict's deep copy
-        data["images"] = list(self.images)
+        del data["uploads"]
+        data["images"] = [
+            vars(image) if isinstance(image, StoredImage) else image for image in self.images
+        ]
         if self.callback_url is None:
             del data["callback_url"]
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GenerationRequest:
-        return cls(**{**data, "images": tuple(data.get("images") or ())})
+        images = tuple(
+            StoredImage(**image) if isinstance(image, dict) else image
+            for image in data.get("images") or ()
+        )
+        return cls(**{**data, "images": images})
+
+    @property
+    def stored_images(self) -> list[StoredImage]:
+        return [image for image in self.images if isinstance(image, StoredImage)]
 
     @property
     def size(self) -> tuple[int, int]:
@@ -114,7 +155,7 @@ def validate_generation(
         raise InvalidRequest(f"The duration parameter must be an integer from {low} to {high}")
     if body.seed is not None and not 0 <= body.seed <= SEED_MAX:
         raise InvalidRequest(f"The seed parameter must be an integer from 0 to {SEED_MAX}")
-    images = _validate_images(body.images, settings, capabilities)
+    images, uploads = _validate_images(body.images, settings, capabilities)
     multi_cap = capabilities.max_duration_multi_image
     if len(images) > 1 and multi_cap is not None and body.duration > multi_cap:
         raise InvalidRequest(
@@ -129,6 +170,7 @@ def validate_generation(
         resolution=body.resolution,
         seed=body.seed,
         callback_url=_validate_callback_url(body.callback_url, settings),
+        uploads=uploads,
     )
 
 
@@ -147,9 +189,13 @@ def _validate_callback_url(url: str | None, settings: Settings) -> str | None:
 
 def _validate_images(
     images: list[str] | str | None, settings: Settings, capabilities: EngineCapabilities
-) -> tuple[str, ...]:
+) -> tuple[tuple[str, ...], dict[int, bytes]]:
+    """The image URLs, and the bytes of the `data:` ones by position. A `data:`
+    image is checked here as far as its header (type, size, the task's pixel
+    budget), so a bad one is a 400 rather than a failed task; URLs are only
+    checked for shape (the worker fetches them)."""
     if images is None:
-        return ()
+        return (), {}
     urls = [images] if isinstance(images, str) else images
     limit = min(settings.max_images, capabilities.max_images)
     if len(urls) > limit:
@@ -159,15 +205,23 @@ def _validate_images(
             )
         noun = "image" if limit == 1 else "images"
         raise InvalidRequest(f"The images parameter accepts at most {limit} {noun}")
+    uploads: dict[int, bytes] = {}
+    headers = []
     for index, url in enumerate(urls):
         where = f"images[{index}]"
         try:
             if url[:5].lower() == "data:":
-                decode_data_url(url, settings.image_max_bytes)
+                data = decode_data_url(url, settings.image_max_bytes)
+                headers.append(probe_image(data, settings.image_max_pixels))
+                uploads[index] = data
             else:
                 check_url_syntax(url, allow_private=settings.allow_private_urls)
         except UnsafeURL as exc:
             raise InvalidRequest(f"{where} is not an allowed image URL: {exc}") from None
         except ValueError as exc:
             raise InvalidRequest(f"{where} {exc}") from None
-    return tuple(urls)
+    try:
+        check_task_pixels(headers, settings.task_max_pixels)
+    except ValueError as exc:
+        raise InvalidRequest(f"The images {exc}") from None
+    return tuple(urls), uploads

@@ -17,12 +17,20 @@ from sqlalchemy.orm import aliased
 from imagine.accounts.service import Principal
 from imagine.credits import ledger
 from imagine.db.database import Database
-from imagine.db.models import IdempotencyRecord, Task
+from imagine.db.models import Account, IdempotencyRecord, Task
 from imagine.db.prepared import Row, Tx
-from imagine.errors import Conflict, InsufficientCredits, InvalidRequest, NotFound, TaskFinished
+from imagine.errors import (
+    Conflict,
+    InsufficientCredits,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    TaskFinished,
+)
 from imagine.ids import has_id_shape, new_id, utcnow
 from imagine.queue import repository as queue
-from imagine.tasks.schemas import GenerationRequest
+from imagine.tasks.inputs import InputStore
+from imagine.tasks.schemas import GenerationRequest, StoredImage, summarise_data_url
 from imagine.tasks.states import COMPLETED, FINISHED, PENDING, PROCESSING
 
 
@@ -32,11 +40,24 @@ class SubmitPolicy:
     engine: str
     max_attempts: int
     idempotency_ttl: timedelta
+    account_input_bytes: int = 512 * 1024 * 1024
+    """Most bytes of input images the account's unfinished tasks may hold in storage."""
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 
 
 def request_fingerprint(request: GenerationRequest) -> str:
-    canonical = json.dumps(request.to_json(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """SHA-256 of the request's canonical JSON, data: images included."""
+    if not request.uploads:
+        canonical = json.dumps(request.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+    # The same text, hashed piece by piece: built whole, a request of seven
+    # large images would briefly take twice its size again.
+    digest = hashlib.sha256()
+    for piece in _CANONICAL.iterencode(request.to_json()):
+        digest.update(piece.encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -44,11 +65,13 @@ class _Submission:
     """One submit as the unit of work sees it (built on the event loop)."""
 
     principal: Principal
+    task_id: str
     request: dict[str, Any]
     policy: SubmitPolicy
     idempotency_key: str | None
     fingerprint: str
     test_outcome: str | None
+    input_bytes: int = 0
 
 
 async def submit(
@@ -58,6 +81,7 @@ async def submit(
     policy: SubmitPolicy,
     idempotency_key: str | None = None,
     test_outcome: str | None = None,
+    inputs: InputStore | None = None,
 ) -> str:
     """Charge and enqueue one generation; returns the task id once committed.
 
@@ -67,11 +91,52 @@ async def submit(
     is a conflict. Two concurrent first uses (PostgreSQL; SQLite has one
     writer) race on the record's primary key: the loser sees the winner's
     record on its second pass.
+
+    `data:` images (`request.uploads`) go to `inputs` before the transaction
+    and are deleted again unless this submit created the task.
     """
     fingerprint = request_fingerprint(request) if idempotency_key else ""
-    submission = _Submission(
-        principal, request.to_json(), policy, idempotency_key, fingerprint, test_outcome
-    )
+    task_id = new_id("task")
+
+    def unit(row: GenerationRequest, input_bytes: int = 0) -> _Submission:
+        return _Submission(
+            principal,
+            task_id,
+            row.to_json(),
+            policy,
+            idempotency_key,
+            fingerprint,
+            test_outcome,
+            input_bytes,
+        )
+
+    if not request.uploads:
+        return await _commit(db, unit(request))
+    if inputs is None:
+        raise ValueError("a request with data: images needs an InputStore")
+    size = sum(len(data) for data in request.uploads.values())
+    if size > policy.account_input_bytes:
+        raise InvalidRequest(
+            f"The images take {size} bytes, more than the {policy.account_input_bytes} "
+            "an account's unfinished tasks may hold"
+        )
+    stored = await inputs.save(task_id, request)
+    submission = unit(stored, size)
+    try:
+        accepted = await _commit(db, submission)
+    except Exception:
+        # Refused or failed: no task holds them. (When the caller goes away
+        # instead, the task may still commit with its batch: the files stay,
+        # and the sweep removes them if it did not.)
+        await inputs.discard(stored.stored_images)
+        raise
+    if accepted != task_id:  # an idempotent replay: the first task has its own
+        await inputs.discard(stored.stored_images)
+    return accepted
+
+
+async def _commit(db: Database, submission: _Submission) -> str:
+    idempotency_key = submission.idempotency_key
     for _ in range(2):
         try:
             return await db.transaction(_submit_once, submission)
@@ -91,6 +156,31 @@ _FORGET_IDEMPOTENCY = delete(IdempotencyRecord).where(
 )
 _REMEMBER_IDEMPOTENCY = insert(IdempotencyRecord)
 _ENQUEUE = insert(Task)
+# The account's row, locked (PostgreSQL; SQLite's writers are serialised), so
+# concurrent image submits of one account count each other's held inputs.
+_LOCK_ACCOUNT = select(Account.id).where(Account.id == bindparam("account_id")).with_for_update()
+_HELD_INPUTS = select(func.coalesce(func.sum(Task.input_bytes), 0).label("held")).where(
+    Task.account_id == bindparam("account_id"), Task.input_bytes > 0
+)
+HELD_INPUTS_RETRY_SECONDS = 30
+
+
+def _check_held_inputs(tx: Tx, account_id: str, adding: int, policy: SubmitPolicy) -> None:
+    """Refuse a submit that would take the account's stored inputs over its limit.
+
+    429 rather than 400: the request is valid and the limit frees itself as
+    the account's tasks end (their inputs are deleted then), so waiting and
+    retrying is the right answer, which is what 429 with Retry-After says."""
+    tx.first(_LOCK_ACCOUNT, {"account_id": account_id})
+    found = tx.first(_HELD_INPUTS, {"account_id": account_id})
+    held = int(found["held"]) if found is not None else 0
+    if held + adding > policy.account_input_bytes:
+        raise RateLimited(
+            f"This account's unfinished tasks hold {held} bytes of input images; these "
+            f"{adding} more would pass the limit of {policy.account_input_bytes}. "
+            "Retry when some of them have finished",
+            headers={"Retry-After": str(HELD_INPUTS_RETRY_SECONDS)},
+        )
 
 
 def _submit_once(tx: Tx, submission: _Submission) -> str:
@@ -105,7 +195,9 @@ def _submit_once(tx: Tx, submission: _Submission) -> str:
             return str(record["task_id"])
         if record is not None:
             tx.run(_FORGET_IDEMPOTENCY, known)
-    task_id = new_id("task")
+    task_id = submission.task_id
+    if submission.input_bytes:
+        _check_held_inputs(tx, principal.account_id, submission.input_bytes, policy)
     if policy.cost > 0 and not ledger.debit(tx, principal.account_id, task_id, policy.cost):
         raise InsufficientCredits(
             f"Insufficient credits: this generation costs {policy.cost} credits"
@@ -130,6 +222,7 @@ def _submit_once(tx: Tx, submission: _Submission) -> str:
             "is_test": principal.is_test,
             "test_outcome": submission.test_outcome,
             "callback_url": submission.request.get("callback_url"),
+            "input_bytes": submission.input_bytes,
         },
     )
     if key is not None:
@@ -216,17 +309,20 @@ def isoformat(moment: datetime) -> str:
 
 
 def public_request(request: dict[str, Any]) -> dict[str, Any]:
-    """The request as echoed to its owner; inline images are summarised, not repeated."""
+    """The request as echoed to its owner; data: images are summarised, not repeated."""
     shown = dict(request)
     images = shown.get("images") or []
     if images:
-        shown["images"] = [
-            f"{url.split(',', 1)[0]},…({len(url)} characters)" if url.startswith("data:") else url
-            for url in images
-        ]
+        shown["images"] = [_shown_image(image) for image in images]
     else:
         shown.pop("images", None)
     return shown
+
+
+def _shown_image(image: str | dict[str, Any]) -> str:
+    if isinstance(image, dict):  # a StoredImage
+        return str(image["shown"])
+    return summarise_data_url(image) if image.startswith("data:") else image
 
 
 def status_view(task: Row, file_url: Callable[[str], str]) -> dict[str, Any]:
@@ -248,12 +344,15 @@ def status_view(task: Row, file_url: Callable[[str], str]) -> dict[str, Any]:
     }
 
 
-async def cancel(db: Database, principal: Principal, task_id: str) -> Row:
+async def cancel(
+    db: Database, principal: Principal, task_id: str, inputs: InputStore | None = None
+) -> Row:
     """Cancel the caller's task. Pending: cancelled and refunded now. Processing:
     the worker is asked to stop (it refunds when the engine stops, within
     seconds). Finished: `TaskFinished`, nothing changes."""
     if not has_id_shape("task", task_id):
         raise NotFound("Task not found")
+    ended: list[StoredImage] = []
     async with db.write() as session:
         task = await session.scalar(
             select(Task)
@@ -265,9 +364,13 @@ async def cancel(db: Database, principal: Principal, task_id: str) -> Row:
         if task.status in FINISHED:
             raise TaskFinished(f"Task is already {task.status}; nothing to cancel")
         if task.status == PENDING:
-            await queue.cancel_pending(session, task_id)
+            held = GenerationRequest.from_json(task.request).stored_images
+            if await queue.cancel_pending(session, task_id):
+                ended = held
         elif task.cancel_requested_at is None:
             task.cancel_requested_at = utcnow()
+    if ended and inputs is not None:
+        await inputs.discard(ended)  # after the commit: a rollback keeps them
     return await get_task(db, principal, task_id)
 
 
@@ -284,7 +387,7 @@ async def list_tasks(
     rows are ordered by (created_at, id), so tasks inserted meanwhile land
     before the cursor and a page never repeats or skips one."""
     async with db.read() as session:
-        query = select(Task.__table__).where(
+        query = select(*_VIEW_COLUMNS).where(
             Task.account_id == principal.account_id, Task.is_test == principal.is_test
         )
         if status is not None:
