@@ -67,8 +67,12 @@ class Settings(BaseSettings):
         le=86400,
         description="Seconds of queue time one task of a free account counts for.",
     )
-    queue_quantum_pro: float = Field(default=20.0, gt=0, le=86400)
-    queue_quantum_enterprise: float = Field(default=10.0, gt=0, le=86400)
+    queue_quantum_pro: float = Field(
+        default=20.0, gt=0, le=86400, description="The same for a pro account."
+    )
+    queue_quantum_enterprise: float = Field(
+        default=10.0, gt=0, le=86400, description="The same for an enterprise account."
+    )
     enabled_modes: Annotated[tuple[str, ...], NoDecode] = MODES
 
     max_body_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)

@@ -120,7 +120,8 @@ class Task(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     available_at: Mapped[datetime] = mapped_column(UTCDateTime())  # not claimed before
     # Its place in the claim order (epoch seconds of virtual time), set at submit
-    # and kept through retries; see imagine.queue.fairness.
+    # and kept through retries; see imagine.queue.fairness. The server default
+    # only fills rows that are never claimed again (finished before 0005).
     fair_at: Mapped[float] = mapped_column(Double, server_default="0")
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
