@@ -71,7 +71,7 @@ async def _fill(db: Database, account_id: str, rows: int) -> None:
 
 async def _claims(db: Database, account_id: str, count: int) -> list[float]:
     principal = Principal(account_id, "enterprise", "key_bench")
-    policy = service.SubmitPolicy(0, "preview", 3, timedelta(days=1))
+    policy = service.SubmitPolicy(0, "preview", 3, timedelta(days=1), queue_quantum=10.0)
     samples = []
     for _ in range(count):
         await service.submit(db, principal, REQUEST, policy)

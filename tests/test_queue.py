@@ -41,7 +41,11 @@ async def new_task(db: Database, max_attempts: int = 3, credits: int = 100) -> t
         issued = await accounts.create_account(session, plan="free", credits=credits)
     principal = Principal(issued.account_id, "free", issued.key_id)
     policy = service.SubmitPolicy(
-        cost=40, engine="preview", max_attempts=max_attempts, idempotency_ttl=timedelta(days=1)
+        cost=40,
+        engine="preview",
+        max_attempts=max_attempts,
+        idempotency_ttl=timedelta(days=1),
+        queue_quantum=60.0,
     )
     task_id = await service.submit(db, principal, REQUEST, policy)
     return task_id, issued.account_id

@@ -1,11 +1,15 @@
-"""Per-key, per-minute limits: exact, counted on every /v1 request, with headers."""
+"""Per-account, per-minute limits: exact, counted on every /v1 request, with headers."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import pytest
+
+from imagine.accounts import service as accounts
 from imagine.api.ratelimit import LocalWindows
+from imagine.db.database import Database
 from imagine.db.models import IdempotencyRecord
 
 from conftest import RunningServer
@@ -44,7 +48,7 @@ def test_limit_passes_exactly_then_429_with_headers(server_factory: Any) -> None
     assert balance == total == 1000
 
 
-def test_limits_are_per_key_and_per_plan(server_factory: Any) -> None:
+def test_limits_are_per_account_and_per_plan(server_factory: Any) -> None:
     server: RunningServer = server_factory(rate_limit_free=2, rate_limit_pro=4)
     free, pro = server.new_key("free"), server.new_key("pro")
     with server.client(free.key) as client:
@@ -54,6 +58,51 @@ def test_limits_are_per_key_and_per_plan(server_factory: Any) -> None:
         codes = [client.get("/v1/status", params={"task_id": "x"}).status_code for _ in range(5)]
         assert client.get("/v1/status", params={"task_id": "x"}).headers["x-ratelimit-limit"] == "4"
     assert codes == [404, 404, 404, 404, 429]
+
+
+def add_key(server: RunningServer, account_id: str, *, is_test: bool = False) -> str:
+    """Another key of an existing account."""
+
+    async def create(db: Database) -> str:
+        async with db.write() as session:
+            issued = await accounts.create_key(
+                session, account_id, plan="free", credits=0, is_test=is_test
+            )
+        return issued.key
+
+    return run_db(server.settings, create)
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_keys_of_one_account_share_its_limit_exactly(server_factory: Any, store: str) -> None:
+    """The limit is the plan's, and the plan is the account's: L requests across
+    all of its keys, then 429 on every one of them. Its test keys have a window
+    of their own, so test traffic cannot use up the live one."""
+    redis_url = "redis://127.0.0.1:6379/0" if store == "redis" else None
+    server: RunningServer = server_factory(rate_limit_free=4, redis_url=redis_url)
+    issued = server.new_key("free")
+    live = [issued.key, add_key(server, issued.account_id)]
+    test = [add_key(server, issued.account_id, is_test=True) for _ in range(2)]
+
+    def statuses(keys: list[str], count: int) -> list[tuple[int, str]]:
+        answers = []
+        for n in range(count):
+            with server.client(keys[n % len(keys)]) as client:
+                answer = client.get("/v1/status", params={"task_id": "task_nope"})
+            answers.append((answer.status_code, answer.headers["x-ratelimit-remaining"]))
+        return answers
+
+    assert statuses(live, 6) == [
+        (404, "3"),
+        (404, "2"),
+        (404, "1"),
+        (404, "0"),
+        (429, "0"),
+        (429, "0"),
+    ]
+    assert statuses(test, 5) == [(404, "3"), (404, "2"), (404, "1"), (404, "0"), (429, "0")]
+    with server.client(server.new_key("free").key) as other:  # another account: its own window
+        assert other.get("/v1/status", params={"task_id": "x"}).status_code == 404
 
 
 def test_rate_limited_idempotent_submit_records_nothing(server_factory: Any) -> None:

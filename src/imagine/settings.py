@@ -63,6 +63,21 @@ class Settings(BaseSettings):
     rate_limit_free: int = Field(default=100, ge=1)
     rate_limit_pro: int = Field(default=1000, ge=1)
     rate_limit_enterprise: int = Field(default=5000, ge=1)
+    # Fair claiming (imagine.queue.fairness): how far one task moves its account's
+    # place in the queue. When accounts compete, each is served in proportion
+    # to 1/quantum: the defaults give pro 3x and enterprise 6x a free account's share.
+    queue_quantum_free: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="Seconds of queue time one task of a free account counts for.",
+    )
+    queue_quantum_pro: float = Field(
+        default=20.0, gt=0, le=86400, description="The same for a pro account."
+    )
+    queue_quantum_enterprise: float = Field(
+        default=10.0, gt=0, le=86400, description="The same for an enterprise account."
+    )
     enabled_modes: Annotated[tuple[str, ...], NoDecode] = MODES
 
     max_body_bytes: int | None = Field(
@@ -423,6 +438,14 @@ class Settings(BaseSettings):
             "enterprise": self.rate_limit_enterprise,
         }
         return limits.get(plan, self.rate_limit_free)
+
+    def queue_quantum_for(self, plan: str) -> float:
+        quanta: dict[str, float] = {
+            "free": self.queue_quantum_free,
+            "pro": self.queue_quantum_pro,
+            "enterprise": self.queue_quantum_enterprise,
+        }
+        return quanta.get(plan, self.queue_quantum_free)
 
 
 class SettingsError(Exception):

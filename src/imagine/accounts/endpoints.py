@@ -22,7 +22,7 @@ async def account(
     svc: Annotated[Services, Depends(services)],
     caller: Annotated[Principal, Depends(principal)],
 ) -> JSONResponse:
-    """Plan, balance, this key's per-minute limit and what remains of it, and
+    """Plan, balance, the account's per-minute limit and what remains of it, and
     credits spent and tasks by status over the last 24 hours and 30 days."""
     summary: dict[str, Any] = await usage.account_summary(svc.db, caller)
     state = getattr(request.state, "rate_limit", None)

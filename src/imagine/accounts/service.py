@@ -27,6 +27,14 @@ class Principal:
     key_id: str
     is_test: bool = False
 
+    @property
+    def rate_limit_identity(self) -> str:
+        """Whose per-minute window a request counts against: the account's, since
+        the plan and its limit are the account's (N keys must not mean N times
+        the limit). Test keys share a window of their own, so an integration's
+        test traffic never uses up the live service's requests."""
+        return f"{self.account_id}:test" if self.is_test else self.account_id
+
 
 @dataclass(frozen=True)
 class IssuedKey:

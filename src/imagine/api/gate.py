@@ -67,7 +67,9 @@ class V1Gate:
             return
 
         try:
-            state = await self.limiter.hit(principal.key_id, self.limit_for_plan(principal.plan))
+            state = await self.limiter.hit(
+                principal.rate_limit_identity, self.limit_for_plan(principal.plan)
+            )
         except StorageError as exc:
             log.error("rate-limit store unreachable: %s", exc)
             if not self.fail_open:

@@ -1,4 +1,5 @@
-"""Per-key, per-minute request limits: exact moving windows.
+"""Per-account, per-minute request limits: exact moving windows (the gate
+counts each request against `Principal.rate_limit_identity`).
 
 A moving window is exact: a limit of L passes L requests in any 60 seconds
 and refuses the next, with no double burst at a window edge.
@@ -9,7 +10,7 @@ process they live in memory, kept here: `limits`' in-memory moving window
 inserts each hit at the front of a list (work proportional to the window)
 and takes an asyncio lock per call (or, in its synchronous form, starts a
 timer thread every 10 ms). On the status path that cost about 12% of a
-request and stalled the slowest ones; a deque per key costs a few
+request and stalled the slowest ones; a deque per identity costs a few
 microseconds and never waits.
 """
 

@@ -34,13 +34,15 @@ class Services:
         return self.test_engine if caller.is_test else self.engine
 
     def submit_policy(self, caller: Principal) -> SubmitPolicy:
-        """What a submit costs and where it runs; test keys pay nothing."""
+        """What a submit costs, where it runs and how far it moves the account's place
+        in the queue; test keys pay nothing."""
         engine = self.engine_for(caller)
         return SubmitPolicy(
             cost=0 if caller.is_test else self.settings.cost_for(engine.name),
             engine=engine.name,
             max_attempts=self.settings.max_attempts,
             idempotency_ttl=timedelta(seconds=self.settings.idempotency_ttl_seconds),
+            queue_quantum=self.settings.queue_quantum_for(caller.plan),
             account_input_bytes=self.settings.account_input_bytes,
         )
 

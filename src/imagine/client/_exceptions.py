@@ -112,7 +112,7 @@ class TaskFinished(Conflict):
 
 
 class RateLimited(APIError):
-    """429: over the key's per-minute limit.
+    """429: over the account's per-minute limit (all its keys share it).
 
     `retry_after` is how many seconds the server asked to wait; `reset_at` when
     its window has room again. Either may be None if the server did not say.

@@ -24,7 +24,7 @@ _FAILED = frozenset({FAILED, CANCELLED})
 
 @dataclass(frozen=True)
 class RateLimit:
-    """The key's per-minute budget, as of the answer it came with."""
+    """The account's per-minute budget (shared by its keys), as of the answer it came with."""
 
     limit: int
     remaining: int

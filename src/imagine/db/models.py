@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -53,6 +54,10 @@ class Account(Base):
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    # The account's clocks in the fair claim order (imagine.queue.fairness): the
+    # `fair_at` of its latest live and test task, in epoch seconds; 0 until then.
+    fair_at: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
+    test_fair_at: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
 
 
 class ApiKey(Base):
@@ -90,7 +95,8 @@ class LedgerEntry(Base):
 class Task(Base):
     __tablename__ = "tasks"
     __table_args__ = (
-        Index("ix_tasks_queue", "status", "available_at"),
+        # The claim order (imagine.queue.fairness), so a claim reads one entry.
+        Index("ix_tasks_queue", "status", "is_test", "fair_at", "id"),
         Index("ix_tasks_lease", "status", "lease_expires_at"),
         Index("ix_tasks_listing", "account_id", "is_test", "created_at", "id"),
         Index("ix_tasks_finished", "status", "finished_at"),
@@ -123,6 +129,10 @@ class Task(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     available_at: Mapped[datetime] = mapped_column(UTCDateTime())  # not claimed before
+    # Its place in the claim order (epoch seconds of virtual time), set at submit
+    # and kept through retries; see imagine.queue.fairness. The server default
+    # only fills rows that are never claimed again (finished before 0005).
+    fair_at: Mapped[float] = mapped_column(Double, server_default="0")
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -26,6 +26,7 @@ from imagine.db.database import Database, in_session
 from imagine.db.models import Task, WebhookEvent
 from imagine.failures import FailureReason
 from imagine.ids import new_id, utcnow
+from imagine.queue.fairness import CLAIM_ORDER
 from imagine.tasks.schemas import GenerationRequest
 from imagine.tasks.states import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING
 
@@ -50,14 +51,15 @@ class Heartbeat:
 
 
 async def claim(db: Database, worker_id: str, lease_seconds: float) -> ClaimedTask | None:
-    """Take the oldest available pending task, or None when there is none."""
+    """Take the first available pending task in the fair order
+    (`imagine.queue.fairness`), or None when there is none."""
     now = utcnow()
     token = f"{worker_id}:{secrets.token_hex(6)}"
     async with db.write() as session:
         next_id = (
             select(Task.id)
             .where(Task.status == PENDING, Task.available_at <= now)
-            .order_by(Task.available_at)
+            .order_by(*CLAIM_ORDER)
             .limit(1)
             .with_for_update(skip_locked=True)
             .scalar_subquery()

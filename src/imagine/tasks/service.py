@@ -29,6 +29,7 @@ from imagine.errors import (
 )
 from imagine.ids import has_id_shape, new_id, utcnow
 from imagine.queue import repository as queue
+from imagine.queue.fairness import pending_before, take_place
 from imagine.tasks.inputs import InputStore
 from imagine.tasks.schemas import GenerationRequest, StoredImage, summarise_data_url
 from imagine.tasks.states import COMPLETED, FINISHED, PENDING, PROCESSING
@@ -40,6 +41,7 @@ class SubmitPolicy:
     engine: str
     max_attempts: int
     idempotency_ttl: timedelta
+    queue_quantum: float  # how far the task moves its account's place (queue.fairness)
     account_input_bytes: int = 512 * 1024 * 1024
     """Most bytes of input images the account's unfinished tasks may hold in storage."""
 
@@ -202,6 +204,13 @@ def _submit_once(tx: Tx, submission: _Submission) -> str:
         raise InsufficientCredits(
             f"Insufficient credits: this generation costs {policy.cost} credits"
         )
+    fair_at = take_place(
+        tx,
+        principal.account_id,
+        is_test=principal.is_test,
+        quantum=policy.queue_quantum,
+        now=now.timestamp(),
+    )
     tx.run(
         _ENQUEUE,
         {
@@ -219,6 +228,7 @@ def _submit_once(tx: Tx, submission: _Submission) -> str:
             "created_at": now,
             "updated_at": now,
             "available_at": now,
+            "fair_at": fair_at,
             "is_test": principal.is_test,
             "test_outcome": submission.test_outcome,
             "callback_url": submission.request.get("callback_url"),
@@ -266,14 +276,12 @@ def _if_pending(count: ColumnElement[int], label: str) -> Label[int | None]:
 
 
 # Built once, so the compiled form is reused. One statement per poll: the task,
-# and for a pending one the tasks claimed before it and those running.
+# and for a pending one the pending tasks before it in the claim order (a range
+# of the queue index) and those running.
 _TASK_BY_ID = select(
     *_VIEW_COLUMNS,
     _if_pending(
-        select(func.count())
-        .select_from(_other)
-        .where(_other.status == PENDING, _other.available_at < Task.available_at)
-        .scalar_subquery(),
+        pending_before(),
         "queue_ahead",
     ),
     _if_pending(
@@ -449,8 +457,10 @@ class RecentDurations:
 
 
 async def progress_estimate(db: Database, task: Row, recent: RecentDurations) -> dict[str, Any]:
-    """For an unfinished task read by `get_task`: its place in the queue (claimed
-    oldest first) and a rough time to completion from how long recent tasks took."""
+    """For an unfinished task read by `get_task`: its place in the queue (the
+    pending tasks before it in the claim order, `imagine.queue.fairness`; other
+    accounts' later tasks may still be placed before it) and a rough time to
+    completion from how long recent tasks took."""
     average = await recent.average(db)
     if task["status"] == PROCESSING:
         eta = None if average is None else average * (100 - task["progress"]) / 100
