@@ -25,7 +25,7 @@ from imagine.db.database import Database
 from imagine.db.models import Task
 from imagine.failures import FailureReason, TaskFailure
 from imagine.storage.base import INPUTS_PREFIX, Storage
-from imagine.tasks.schemas import GenerationRequest, StoredImage
+from imagine.tasks.schemas import GenerationRequest, StoredImage, summarise_data_url
 
 log = logging.getLogger("imagine.inputs")
 
@@ -34,6 +34,8 @@ _SWEEP_BATCH = 500  # task ids per query, well under every database's parameter 
 
 
 class InputStore:
+    """Tasks' input images in `storage`, under `inputs/<task id>/`."""
+
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
 
@@ -51,7 +53,7 @@ class InputStore:
                 name = f"{INPUTS_PREFIX}{task_id}/{index}-{secrets.token_urlsafe(9)}"
                 url = images[index]
                 assert isinstance(url, str)
-                stored = StoredImage.for_data_url(self.storage.put(name, data), url, data)
+                stored = StoredImage(self.storage.put(name, data), summarise_data_url(url))
                 written.append(stored)
                 images[index] = stored
         except BaseException:

@@ -59,12 +59,6 @@ class StoredImage:
     """Where the bytes are (`inputs/<task id>/…`, never served or listed as an output)."""
     shown: str
     """What its owner sees instead of the data: `data:image/png;base64,…(N characters)`."""
-    size: int
-    """Bytes held in storage."""
-
-    @classmethod
-    def for_data_url(cls, key: str, url: str, data: bytes) -> StoredImage:
-        return cls(key=key, shown=summarise_data_url(url), size=len(data))
 
 
 def summarise_data_url(url: str) -> str:
