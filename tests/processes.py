@@ -87,7 +87,8 @@ class ServeProcess(ImagineProcess):
             data_dir.parent / "logs",
             env,
         )
-        deadline = time.monotonic() + 30
+        # Generous: importing torch for the diffusers engine takes long on a busy machine.
+        deadline = time.monotonic() + 60
         while True:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
@@ -95,6 +96,7 @@ class ServeProcess(ImagineProcess):
             except httpx.TransportError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()  # never leave a half-started server behind
                 raise RuntimeError(f"serve did not start:\n{self.output()}")
             time.sleep(0.1)
 
