@@ -61,6 +61,14 @@ class StoredImage:
     """What its owner sees instead of the data: `data:image/png;base64,…(N characters)`."""
 
 
+def stored_images_in(request: Mapping[str, Any]) -> list[StoredImage]:
+    """The stored images a task row's `request` refers to, without reading the rest
+    of it (a row from any version: older ones may lack later fields)."""
+    return [
+        StoredImage(**image) for image in request.get("images") or () if isinstance(image, dict)
+    ]
+
+
 def summarise_data_url(url: str) -> str:
     """A data: URL as its owner is shown it: the header and the length, not the data."""
     return f"{url.split(',', 1)[0]},…({len(url)} characters)"

@@ -31,7 +31,12 @@ from imagine.ids import has_id_shape, new_id, utcnow
 from imagine.queue import repository as queue
 from imagine.queue.fairness import pending_before, take_place
 from imagine.tasks.inputs import InputStore
-from imagine.tasks.schemas import GenerationRequest, StoredImage, summarise_data_url
+from imagine.tasks.schemas import (
+    GenerationRequest,
+    StoredImage,
+    stored_images_in,
+    summarise_data_url,
+)
 from imagine.tasks.states import COMPLETED, FINISHED, PENDING, PROCESSING
 
 
@@ -372,7 +377,7 @@ async def cancel(
         if task.status in FINISHED:
             raise TaskFinished(f"Task is already {task.status}; nothing to cancel")
         if task.status == PENDING:
-            held = GenerationRequest.from_json(task.request).stored_images
+            held = stored_images_in(task.request) if task.input_bytes else []
             if await queue.cancel_pending(session, task_id):
                 ended = held
         elif task.cancel_requested_at is None:
