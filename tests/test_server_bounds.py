@@ -272,7 +272,8 @@ def test_over_long_and_non_ascii_keys_are_refused_before_hashing(
     settings = make_settings(tmp_path)
     assert run_db(settings, scenario) == [None] * (2 * len(not_keys))
     assert hashed == []
-    assert not (tmp_path / "imagine.db").exists()  # never queried
+    database = tmp_path / "imagine.db"  # created private and empty, never queried
+    assert not database.exists() or database.stat().st_size == 0
 
 
 def test_a_huge_bearer_token_is_401_without_hashing(
@@ -320,11 +321,12 @@ def test_non_ascii_file_signatures_are_404_not_500(sqlite_server: Factory, signa
 # -- task ids ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("task_id", ["a\x00b", "task_" + "\x00" * 24, "task_\u00e9", "x" * 5000])
+@pytest.mark.parametrize("task_id", ["task_\u00e9", "task_" + "g" * 24, "x" * 5000])
 def test_task_ids_that_cannot_be_ids_are_404_without_a_query(
     server: RunningServer, task_id: str
 ) -> None:
-    """On PostgreSQL a NUL byte in a query parameter is an error, not a miss."""
+    """Text that cannot be a task id is a miss without a query (text that is not
+    text at all, such as NUL, is a 400: tests/test_request_text.py)."""
     with server.client(server.new_key().key) as client:
         answers = [
             client.get("/v1/status", params={"task_id": task_id}),
