@@ -37,6 +37,7 @@ from imagine.client import (
     AsyncClient,
     Client,
     Conflict,
+    Forbidden,
     ImagineError,
     InsufficientCredits,
     InvalidRequest,
@@ -256,6 +257,34 @@ def test_contract_errors_become_typed_exceptions(shared: RunningServer, client: 
 
     for error in (bad, denied, poor, missing, clash):
         assert isinstance(error.value, APIError) and isinstance(error.value, ImagineError)
+
+
+def test_webhook_secret_is_shown_once_rotated_on_request_and_kept_from_test_keys(
+    shared: RunningServer, client: Client
+) -> None:
+    secret = client.create_webhook_secret()
+    assert re.fullmatch(r"whsec_[A-Za-z0-9+/]{43}=", secret)
+    with pytest.raises(Conflict) as exists:
+        client.create_webhook_secret()
+    assert (exists.value.status, exists.value.code) == (409, "WEBHOOK_SECRET_EXISTS")
+    assert secret not in str(exists.value)
+    rotated = client.create_webhook_secret(rotate=True)
+    assert rotated.startswith("whsec_") and rotated != secret
+    client.generate("hooked", duration=1, callback_url="http://127.0.0.1:9/hook")
+
+    with httpx.Client(base_url=shared.url) as http:
+        made = http.post(
+            "/v1/keys",
+            json={"test": True},
+            headers={"Authorization": f"Bearer {shared.new_key().key}"},
+        )
+    with (
+        Client(made.json()["data"]["key"], shared.url) as tester,
+        pytest.raises(Forbidden) as refused,
+    ):
+        tester.create_webhook_secret()
+    assert (refused.value.status, refused.value.code) == (403, "FORBIDDEN")
+    assert isinstance(refused.value, APIError)
 
 
 def test_body_over_the_limit_is_payload_too_large(sqlite_server: Factory) -> None:

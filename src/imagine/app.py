@@ -12,11 +12,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from imagine import __version__
+from imagine.accounts import admin_endpoints as admin
 from imagine.accounts import endpoints as account
 from imagine.accounts import service as accounts
 from imagine.api.envelope import document_errors_as_envelopes, install_error_handlers, success
 from imagine.api.fastpath import FastPaths
 from imagine.api.gate import V1Gate
+from imagine.api.openapi import answers
 from imagine.runtime import WorkerPool, build_services, prepare_database
 from imagine.settings import Settings
 from imagine.storage import endpoints as files
@@ -56,9 +58,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(tasks.router)
     app.include_router(account.router)
     app.include_router(webhooks.router)
+    app.include_router(admin.router)
     app.include_router(files.router)
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get(
+        "/healthz",
+        tags=["ops"],
+        responses=answers(
+            {"status": "ok", "engine": "preview", "version": __version__}, gate=False
+        ),
+    )
     async def healthz() -> JSONResponse:
         async with svc.db.read() as session:
             await session.execute(text("SELECT 1"))

@@ -33,6 +33,13 @@ class InsufficientCredits(ApiError):
     status, error = 402, "INSUFFICIENT_CREDITS"
 
 
+class Forbidden(ApiError):
+    """The key is valid but may not do this (an admin route, a test key reaching
+    for live keys)."""
+
+    status, error = 403, "FORBIDDEN"
+
+
 class NotFound(ApiError):
     status, error = 404, "NOT_FOUND"
 
@@ -51,6 +58,10 @@ class Conflict(ApiError):
 
 class TaskFinished(ApiError):
     status, error = 409, "TASK_FINISHED"
+
+
+class WebhookSecretExists(ApiError):
+    status, error = 409, "WEBHOOK_SECRET_EXISTS"
 
 
 class PayloadTooLarge(ApiError):

@@ -21,6 +21,7 @@ from imagine.settings import Settings
 from imagine.storage import create_storage
 from imagine.tasks.inputs import InputStore, InputSweeper
 from imagine.webhooks.dispatcher import Dispatcher
+from imagine.webhooks.sealing import SecretBox
 
 
 def build_services(settings: Settings) -> Services:
@@ -36,6 +37,7 @@ def build_services(settings: Settings) -> Services:
         test_engine=engine if engine.name == "preview" else PreviewEngine(),
         limiter=RateLimiter.from_url(settings.redis_url),
         inputs=InputStore(storage),
+        webhook_secrets=SecretBox.for_settings(settings),
     )
 
 

@@ -168,6 +168,13 @@ class Settings(BaseSettings):
         description="How long an API process remembers a valid key; a revoked key stops "
         "working within this time. 0: look every key up on every request.",
     )
+    account_max_keys: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="Most unrevoked keys an account may hold; creating one more through "
+        "the API is refused with 400 until one is revoked.",
+    )
 
     # Webhook delivery (docs/webhooks.md).
     webhook_retry_delays: Annotated[tuple[float, ...], NoDecode] = Field(

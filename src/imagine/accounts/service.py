@@ -1,4 +1,8 @@
-"""Accounts and their keys: creation, listing, revocation, authentication."""
+"""Accounts and their keys: creation, listing, revocation, authentication.
+
+The CLI, the HTTP API (an account's own keys, and the admin routes) and any
+page built on them call these functions, so one set of rules holds everywhere.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Select, bindparam, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagine.accounts import keys
 from imagine.credits import ledger
 from imagine.db.database import Database, in_session
 from imagine.db.models import Account, ApiKey
-from imagine.ids import new_id, utcnow
+from imagine.errors import Forbidden, InvalidRequest, NotFound
+from imagine.ids import has_id_shape, new_id, utcnow
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,7 @@ class Principal:
     plan: str
     key_id: str
     is_test: bool = False
+    is_admin: bool = False
 
     @property
     def rate_limit_identity(self) -> str:
@@ -46,6 +52,10 @@ class IssuedKey:
     plan: str
     credits: int
     is_test: bool = False
+    is_admin: bool = False
+    name: str = ""
+    display: str = ""
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -59,18 +69,42 @@ class KeyListing:
     created_at: datetime
     revoked_at: datetime | None
     is_test: bool
+    is_admin: bool = False
+
+
+@dataclass(frozen=True)
+class KeyPage:
+    keys: list[KeyListing]
+    has_more: bool
+
+
+class KeyLimitReached(InvalidRequest):
+    """The account already holds as many unrevoked keys as it may."""
 
 
 async def create_account(
-    session: AsyncSession, *, plan: str, credits: int, name: str = "", is_test: bool = False
+    session: AsyncSession,
+    *,
+    plan: str,
+    credits: int,
+    name: str = "",
+    is_test: bool = False,
+    is_admin: bool = False,
 ) -> IssuedKey:
+    """A new account with its first key; `credits` are granted through the ledger."""
     account = Account(id=new_id("acct"), name=name, plan=plan, balance=0, created_at=utcnow())
     session.add(account)
     await session.flush()
     if credits:
         await in_session(session, ledger.grant, account.id, credits, "initial credits")
     return await create_key(
-        session, account.id, plan=plan, credits=credits, name=name, is_test=is_test
+        session,
+        account.id,
+        plan=plan,
+        credits=credits,
+        name=name,
+        is_test=is_test,
+        is_admin=is_admin,
     )
 
 
@@ -82,9 +116,13 @@ async def create_key(
     credits: int,
     name: str = "",
     is_test: bool = False,
+    is_admin: bool = False,
 ) -> IssuedKey:
     """A new key for an account. A test key's tasks cost nothing and run on the
-    preview engine, with an outcome the caller may force."""
+    preview engine, with an outcome the caller may force. An admin key opens
+    `/v1/admin/`; it is never a test key, since what it does moves real credits."""
+    if is_admin and is_test:
+        raise ValueError("an admin key cannot be a test key")
     key = keys.generate_key()
     row = ApiKey(
         id=new_id("key"),
@@ -94,6 +132,7 @@ async def create_key(
         display=keys.display_form(key),
         created_at=utcnow(),
         is_test=is_test,
+        is_admin=is_admin,
     )
     session.add(row)
     await session.flush()
@@ -104,13 +143,56 @@ async def create_key(
         plan=plan,
         credits=credits,
         is_test=is_test,
+        is_admin=is_admin,
+        name=name,
+        display=row.display,
+        created_at=row.created_at,
+    )
+
+
+async def add_key(
+    session: AsyncSession, caller: Principal, *, name: str, test: bool | None, max_keys: int
+) -> IssuedKey:
+    """A new key for the caller's own account (never an admin key). A test key
+    makes only test keys, so handing one to a CI job hands over nothing live;
+    `test` left out means a key of the caller's own kind.
+
+    The account row is locked first (SQLite's write transactions are already
+    serial), so concurrent calls cannot together pass `max_keys`."""
+    is_test = caller.is_test if test is None else test
+    if caller.is_test and not is_test:
+        raise Forbidden("A test key can create only test keys")
+    account = await session.scalar(
+        select(Account).where(Account.id == caller.account_id).with_for_update()
+    )
+    if account is None:
+        raise NotFound("Account not found")
+    active = await session.scalar(
+        select(func.count())
+        .select_from(ApiKey)
+        .where(ApiKey.account_id == account.id, ApiKey.revoked_at.is_(None))
+    )
+    if int(active or 0) >= max_keys:
+        raise KeyLimitReached(
+            f"The account already has {max_keys} active keys, the most it may hold; "
+            "revoke one first"
+        )
+    return await create_key(
+        session, account.id, plan=account.plan, credits=account.balance, name=name, is_test=is_test
     )
 
 
 # Built once: a statement object caches its compiled SQL, so the hot path skips
 # rebuilding and re-hashing it on every request.
 _KEY_BY_HASH = (
-    select(ApiKey.id, ApiKey.key_hash, ApiKey.account_id, ApiKey.is_test, Account.plan)
+    select(
+        ApiKey.id,
+        ApiKey.key_hash,
+        ApiKey.account_id,
+        ApiKey.is_test,
+        ApiKey.is_admin,
+        Account.plan,
+    )
     .join(Account, Account.id == ApiKey.account_id)
     .where(ApiKey.key_hash == bindparam("digest"), ApiKey.revoked_at.is_(None))
 )
@@ -128,7 +210,11 @@ async def _principal_for(db: Database, digest: str) -> Principal | None:
     if row is None or not hmac.compare_digest(row["key_hash"], digest):
         return None
     return Principal(
-        account_id=row["account_id"], plan=row["plan"], key_id=row["id"], is_test=row["is_test"]
+        account_id=row["account_id"],
+        plan=row["plan"],
+        key_id=row["id"],
+        is_test=row["is_test"],
+        is_admin=row["is_admin"],
     )
 
 
@@ -168,26 +254,106 @@ class KeyCache:
         return principal
 
 
-async def list_keys(session: AsyncSession) -> list[KeyListing]:
-    rows = await session.execute(
-        select(ApiKey, Account)
-        .join(Account, Account.id == ApiKey.account_id)
-        .order_by(ApiKey.created_at)
+def _listing(key: ApiKey, account: Account) -> KeyListing:
+    return KeyListing(
+        key_id=key.id,
+        display=key.display,
+        name=key.name,
+        account_id=account.id,
+        plan=account.plan,
+        balance=account.balance,
+        created_at=key.created_at,
+        revoked_at=key.revoked_at,
+        is_test=key.is_test,
+        is_admin=key.is_admin,
     )
-    return [
-        KeyListing(
-            key_id=k.id,
-            display=k.display,
-            name=k.name,
-            account_id=a.id,
-            plan=a.plan,
-            balance=a.balance,
-            created_at=k.created_at,
-            revoked_at=k.revoked_at,
-            is_test=k.is_test,
+
+
+def _keys(account_id: str | None, test_only: bool) -> Select[ApiKey, Account]:
+    query = select(ApiKey, Account).join(Account, Account.id == ApiKey.account_id)
+    if account_id is not None:
+        query = query.where(ApiKey.account_id == account_id)
+    if test_only:
+        query = query.where(ApiKey.is_test.is_(True))
+    return query
+
+
+async def list_keys(session: AsyncSession) -> list[KeyListing]:
+    """Every key, oldest first (the operator's `imagine keys list`)."""
+    rows = await session.execute(_keys(None, False).order_by(ApiKey.created_at))
+    return [_listing(k, a) for k, a in rows]
+
+
+async def key_page(
+    session: AsyncSession,
+    *,
+    account_id: str | None,
+    test_only: bool = False,
+    limit: int,
+    after: str | None,
+) -> KeyPage:
+    """Keys newest first, of one account or (admins) of all; `after` is the last
+    key id of the previous page. Ordered by (created_at, id), so a key created
+    meanwhile lands before the cursor and a page never repeats or skips one."""
+    query = _keys(account_id, test_only)
+    if after is not None:
+        anchor = None
+        if has_id_shape("key", after):
+            anchor = await session.scalar(
+                _keys(account_id, test_only)
+                .with_only_columns(ApiKey.created_at)
+                .where(ApiKey.id == after)
+            )
+        if anchor is None:
+            raise InvalidRequest("The after parameter must be a key id from a previous page")
+        query = query.where(tuple_(ApiKey.created_at, ApiKey.id) < tuple_(anchor, after))
+    rows = list(
+        await session.execute(
+            query.order_by(ApiKey.created_at.desc(), ApiKey.id.desc()).limit(limit + 1)
         )
-        for k, a in rows
-    ]
+    )
+    return KeyPage(keys=[_listing(k, a) for k, a in rows[:limit]], has_more=len(rows) > limit)
+
+
+async def find_key(
+    session: AsyncSession, key_id: str, *, account_id: str | None, test_only: bool = False
+) -> KeyListing | None:
+    """One key, within one account when `account_id` is given (another account's
+    key is then as missing as an unknown one)."""
+    if not has_id_shape("key", key_id):
+        return None  # names nothing: answered without a query
+    row = (await session.execute(_keys(account_id, test_only).where(ApiKey.id == key_id))).first()
+    return None if row is None else _listing(row[0], row[1])
+
+
+async def revoke_own_key(session: AsyncSession, caller: Principal, key_id: str) -> KeyListing:
+    """Revoke a key of the caller's account (the calling key included: it stops
+    working within the key cache's time, as with `imagine keys revoke`).
+
+    A test key reaches only test keys; an admin key is revoked only by an
+    admin, so an app's key cannot take the operator's away. Revoking a revoked
+    key changes nothing and answers as the first time did."""
+    found = await find_key(session, key_id, account_id=caller.account_id, test_only=caller.is_test)
+    if found is None:
+        raise NotFound("Key not found")
+    if found.is_admin and not caller.is_admin:
+        raise Forbidden("An admin key can be revoked only with an admin key")
+    return await _revoked(session, found)
+
+
+async def revoke_any_key(session: AsyncSession, key_id: str) -> KeyListing:
+    """An admin's revocation: any key of any account."""
+    found = await find_key(session, key_id, account_id=None)
+    if found is None:
+        raise NotFound("Key not found")
+    return await _revoked(session, found)
+
+
+async def _revoked(session: AsyncSession, found: KeyListing) -> KeyListing:
+    await revoke_key(session, found.key_id)
+    after = await find_key(session, found.key_id, account_id=found.account_id)
+    assert after is not None, "a key is never deleted"
+    return after
 
 
 async def revoke_key(session: AsyncSession, key_id: str) -> bool:

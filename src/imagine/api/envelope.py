@@ -90,6 +90,7 @@ def validation_message(exc: RequestValidationError) -> str:
     expected = {
         "string_type": "a string",
         "int_type": "an integer",
+        "bool_type": "true or false",
         "list_type": "a list",
     }.get(kind)
     if expected is None and loc[0] == "images":

@@ -16,6 +16,7 @@ from imagine.settings import Settings
 from imagine.storage.base import Storage
 from imagine.tasks.inputs import InputStore
 from imagine.tasks.service import RecentDurations, SubmitPolicy
+from imagine.webhooks.sealing import SecretBox
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Services:
     test_engine: Engine
     limiter: RateLimiter
     inputs: InputStore
+    webhook_secrets: SecretBox
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     recent_durations: RecentDurations = field(default_factory=RecentDurations)
 

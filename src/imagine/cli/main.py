@@ -262,6 +262,14 @@ def keys_create(
             "force their outcome with the Imagine-Test-Outcome header",
         ),
     ] = False,
+    admin: Annotated[
+        bool,
+        typer.Option(
+            "--admin",
+            help="An admin key: it may also use /v1/admin/ (every account, credits, "
+            "every key); the account's other keys may not",
+        ),
+    ] = False,
 ) -> None:
     """Create an account with a key, and print the key (only now)."""
     from imagine.accounts import service as accounts
@@ -269,12 +277,15 @@ def keys_create(
     if plan not in PLANS:
         errors.print(f"error: --plan must be one of {', '.join(PLANS)}")
         raise typer.Exit(2)
+    if admin and test:
+        errors.print("error: an admin key cannot be a test key (--admin or --test, not both)")
+        raise typer.Exit(2)
     settings = _settings(data_dir=data_dir)
 
     async def action(db: Database) -> accounts.IssuedKey:
         async with db.write() as session:
             return await accounts.create_account(
-                session, plan=plan, credits=credits, name=name, is_test=test
+                session, plan=plan, credits=credits, name=name, is_test=test, is_admin=admin
             )
 
     issued = _with_db(settings, action)
@@ -288,11 +299,13 @@ def keys_create(
                     "plan": issued.plan,
                     "credits": issued.credits,
                     "test": issued.is_test,
+                    "admin": issued.is_admin,
                 }
             )
         )
         return
-    console.print(f"API key (shown once): [bold]{issued.key}[/bold]", highlight=False)
+    kind = "Admin API key" if issued.is_admin else "API key"
+    console.print(f"{kind} (shown once): [bold]{issued.key}[/bold]", highlight=False)
     console.print(
         f"key id {issued.key_id} · account {issued.account_id} · plan {issued.plan} · "
         f"{issued.credits} credits",
@@ -329,6 +342,7 @@ def keys_list(
                         "created_at": item.created_at.isoformat(),
                         "revoked": item.revoked_at is not None,
                         "test": item.is_test,
+                        "admin": item.is_admin,
                     }
                 )
             )
@@ -343,7 +357,9 @@ def keys_list(
             item.plan,
             str(item.balance),
             item.created_at.strftime("%Y-%m-%d %H:%M"),
-            ("revoked" if item.revoked_at else "active") + (" (test)" if item.is_test else ""),
+            ("revoked" if item.revoked_at else "active")
+            + (" (test)" if item.is_test else "")
+            + (" (admin)" if item.is_admin else ""),
         )
     console.print(table)
 

@@ -239,6 +239,13 @@ class Client(_BaseClient):
         """One page of the account's grants, debits and refunds, newest first (`limit` 1-100)."""
         return self._drive(self._flows.ledger(limit, after))
 
+    def create_webhook_secret(self, *, rotate: bool = False) -> str:
+        """Create the account's webhook signing secret (`whsec_…`) and return it: the
+        only time it is shown. A `callback_url` is refused until the account has
+        one. If it has one, this raises `Conflict` unless `rotate=True`, which
+        replaces it at once (receivers must switch). Needs a live key."""
+        return self._drive(self._flows.create_webhook_secret(rotate))
+
     def deliveries(self, task_id: str) -> TaskDeliveries:
         """The webhooks sent for a task with a `callback_url`, with every delivery attempt."""
         return self._drive(self._flows.deliveries(task_id))
@@ -437,6 +444,10 @@ class AsyncClient(_BaseClient):
     async def ledger(self, limit: int = DEFAULT_PAGE_SIZE, after: int | None = None) -> LedgerPage:
         """See `Client.ledger`."""
         return await self._drive(self._flows.ledger(limit, after))
+
+    async def create_webhook_secret(self, *, rotate: bool = False) -> str:
+        """See `Client.create_webhook_secret`."""
+        return await self._drive(self._flows.create_webhook_secret(rotate))
 
     async def deliveries(self, task_id: str) -> TaskDeliveries:
         """See `Client.deliveries`."""

@@ -10,6 +10,7 @@ Grouped by cause so callers can catch as broadly or as narrowly as they need:
     │   │   └── PayloadTooLarge            413 PAYLOAD_TOO_LARGE
     │   ├── Unauthorized                   401 UNAUTHORIZED
     │   ├── InsufficientCredits            402 INSUFFICIENT_CREDITS
+    │   ├── Forbidden                      403 FORBIDDEN (a valid key, not allowed to do this)
     │   ├── NotFound                       404 NOT_FOUND
     │   ├── Conflict                       409 IDEMPOTENCY_CONFLICT
     │   │   └── TaskFinished               409 TASK_FINISHED (cancel of an ended task)
@@ -89,6 +90,11 @@ class Unauthorized(APIError):
 
 class InsufficientCredits(APIError):
     """402: the account's balance is below the cost of a generation."""
+
+
+class Forbidden(APIError):
+    """403: the key is valid but may not do this (an admin route, or a test key
+    reaching for live keys or the webhook signing secret)."""
 
 
 class NotFound(APIError):
@@ -173,6 +179,7 @@ _BY_CODE: dict[str, type[APIError]] = {
     "PAYLOAD_TOO_LARGE": PayloadTooLarge,
     "UNAUTHORIZED": Unauthorized,
     "INSUFFICIENT_CREDITS": InsufficientCredits,
+    "FORBIDDEN": Forbidden,
     "NOT_FOUND": NotFound,
     "IDEMPOTENCY_CONFLICT": Conflict,
     "TASK_FINISHED": TaskFinished,
@@ -183,6 +190,7 @@ _BY_STATUS: dict[int, type[APIError]] = {
     400: InvalidRequest,
     401: Unauthorized,
     402: InsufficientCredits,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     413: PayloadTooLarge,

@@ -279,6 +279,18 @@ class Flows:
         response = yield from self.request("GET", "/v1/account/ledger", params=params)
         return LedgerPage.from_data(_data(response), RateLimit.from_headers(response.headers))
 
+    def create_webhook_secret(self, rotate: bool) -> Flow[str]:
+        """A rotation may be repeated: a retry after a lost answer rotates again and
+        returns the secret now in force. A first creation may not: its retry
+        would find the secret made and never shown."""
+        response = yield from self.request(
+            "POST", "/v1/webhooks/secret", json={"rotate": rotate}, retry_safe=rotate
+        )
+        secret = _data(response).get("secret")
+        if not isinstance(secret, str):
+            raise UnexpectedResponse("The answer has no secret", status=response.status_code)
+        return secret
+
     def deliveries(self, task_id: str) -> Flow[TaskDeliveries]:
         path = f"/v1/tasks/{quote(task_id, safe='')}/deliveries"
         response = yield from self.request("GET", path)

@@ -71,6 +71,9 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     is_test: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Opens `/v1/admin/`. A property of one key, not of its account, so the
+    # account's other keys (the ones its apps use) hold no operator power.
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class LedgerEntry(Base):

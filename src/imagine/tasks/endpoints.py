@@ -7,7 +7,7 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -18,10 +18,18 @@ from starlette.types import Scope
 from imagine.accounts.service import Principal
 from imagine.api.envelope import success
 from imagine.api.fastpath import FastHandler
+from imagine.api.openapi import answers, examples
 from imagine.api.services import Services, principal, services
 from imagine.api.text import Text, is_text
 from imagine.db.prepared import Row
-from imagine.errors import InvalidRequest
+from imagine.errors import (
+    Conflict,
+    InsufficientCredits,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    TaskFinished,
+)
 from imagine.failures import TEST_OUTCOMES
 from imagine.tasks import service
 from imagine.tasks.schemas import GenerateBody, validate_generation
@@ -31,12 +39,6 @@ from imagine.webhooks.service import require_signing_secret
 # Documents the scheme in OpenAPI; `V1Gate` does the checking.
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 router = APIRouter(prefix="/v1", dependencies=[Depends(bearer)], tags=["video"])
-
-
-class ErrorEnvelope(BaseModel):
-    code: int
-    message: str
-    error: str
 
 
 class SubmitData(BaseModel):
@@ -72,10 +74,51 @@ class TaskEnvelope(BaseModel):
     data: TaskData
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorEnvelope} for status in (400, 401, 402, 404, 409, 413, 429, 500)
-}
 TEST_OUTCOME_NAMES = ("completed", *TEST_OUTCOMES)
+
+# -- what /openapi.json shows ------------------------------------------------------
+
+TASK_ID = "task_6b1f2c9e0a4d8e7f5a3b1c2d"
+TASK_EXAMPLE: dict[str, Any] = {
+    "consumed_credits": 40,
+    "created_at": "2026-11-25T20:00:00Z",
+    "status": "completed",
+    "task_id": TASK_ID,
+    "error_message": None,
+    "request": {
+        "mode": "fun",
+        "prompt": "a beautiful landscape with mountains",
+        "ratio": "1:1",
+        "duration": 6,
+        "resolution": "480p",
+        "seed": None,
+    },
+    "response": [
+        f"https://imagine.example.com/files/{TASK_ID}/4c1e9a77.mp4"
+        "?expires=1764108000&signature=9f2c…"
+    ],
+    "progress": 100,
+    "updated_at": "2026-11-25T20:00:41Z",
+    "engine": "preview",
+    "cancel_requested": False,
+    "test": False,
+}
+PENDING_EXAMPLE = {
+    **TASK_EXAMPLE,
+    "status": "pending",
+    "response": [],
+    "progress": 0,
+    "updated_at": "2026-11-25T20:00:00Z",
+    "queue_position": 3,
+    "eta_seconds": 95,
+}
+GENERATE_EXAMPLE = {
+    "mode": "fun",
+    "prompt": "a beautiful landscape with mountains",
+    "images": ["https://example.com/image.png"],
+    "ratio": "1:1",
+}
+UNKNOWN_TASK = NotFound("Task not found")
 
 
 def _idempotency_key(value: str | None) -> str | None:
@@ -98,17 +141,49 @@ def _test_outcome(value: str | None, caller: Principal) -> str | None:
     return None if value == "completed" else value
 
 
-@router.post("/generate", response_model=SubmitEnvelope, responses=ERRORS)
+@router.post(
+    "/generate",
+    response_model=SubmitEnvelope,
+    responses=answers(
+        {"task_id": TASK_ID},
+        InvalidRequest("The prompt parameter is required"),
+        InsufficientCredits("Insufficient credits: this generation costs 40 credits"),
+        Conflict("This Idempotency-Key was already used with a different request"),
+        PayloadTooLarge("Request body larger than 97962648 bytes"),
+    ),
+)
 async def generate(
-    body: GenerateBody,
+    body: Annotated[
+        GenerateBody,
+        Body(
+            openapi_examples=examples(
+                GENERATE_EXAMPLE,
+                "Image to video",
+                text_to_video={"prompt": "a lighthouse at dusk", "duration": 10},
+                with_webhook={
+                    "prompt": "a lighthouse at dusk",
+                    "callback_url": "https://example.com/hooks/imagine",
+                },
+            )
+        ),
+    ],
     svc: Annotated[Services, Depends(services)],
     caller: Annotated[Principal, Depends(principal)],
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="1-255 printable characters; a retry with the same key and body "
+            "returns the same task, charged once",
+            openapi_examples=examples("6f1c0a5e-8d2b-4c1e-9a77-0b3f5d2e4c19"),
+        ),
+    ] = None,
     test_outcome: Annotated[
         str | None,
         Header(
             alias="Imagine-Test-Outcome",
             description="Test keys only: " + " | ".join(TEST_OUTCOME_NAMES),
+            openapi_examples=examples("network"),
         ),
     ] = None,
 ) -> JSONResponse:
@@ -205,12 +280,21 @@ async def task_view(svc: Services, task: Row, base_url: Callable[[], str]) -> di
     return view
 
 
-@router.get("/status", response_model=TaskEnvelope, responses=ERRORS)
+@router.get(
+    "/status",
+    response_model=TaskEnvelope,
+    responses=answers(
+        TASK_EXAMPLE, InvalidRequest("The task_id parameter is required"), UNKNOWN_TASK
+    ),
+)
 async def status(
     http_request: Request,
     svc: Annotated[Services, Depends(services)],
     caller: Annotated[Principal, Depends(principal)],
-    task_id: Annotated[Text, Query(description="The id returned by /v1/generate")],
+    task_id: Annotated[
+        Text,
+        Query(description="The id returned by /v1/generate", openapi_examples=examples(TASK_ID)),
+    ],
 ) -> JSONResponse:
     """A task's state; `response` lists the video URLs once it is completed.
 
@@ -225,9 +309,18 @@ class CancelBody(BaseModel):
     task_id: Text
 
 
-@router.post("/cancel", response_model=TaskEnvelope, responses=ERRORS)
+@router.post(
+    "/cancel",
+    response_model=TaskEnvelope,
+    responses=answers(
+        {**PENDING_EXAMPLE, "status": "cancelled", "consumed_credits": 0},
+        InvalidRequest("The task_id parameter is required"),
+        UNKNOWN_TASK,
+        TaskFinished("Task is already completed; nothing to cancel"),
+    ),
+)
 async def cancel(
-    body: CancelBody,
+    body: Annotated[CancelBody, Body(openapi_examples=examples({"task_id": TASK_ID}))],
     http_request: Request,
     svc: Annotated[Services, Depends(services)],
     caller: Annotated[Principal, Depends(principal)],
@@ -251,16 +344,27 @@ class TaskListEnvelope(BaseModel):
     data: TaskListData
 
 
-@router.get("/tasks", response_model=TaskListEnvelope, responses=ERRORS)
+@router.get(
+    "/tasks",
+    response_model=TaskListEnvelope,
+    responses=answers(
+        {"tasks": [TASK_EXAMPLE], "has_more": True, "next_after": TASK_ID},
+        InvalidRequest("The after parameter must be a task id from a previous page"),
+    ),
+)
 async def list_tasks(
     http_request: Request,
     svc: Annotated[Services, Depends(services)],
     caller: Annotated[Principal, Depends(principal)],
     status: Annotated[
-        Literal["pending", "processing", "completed", "failed", "cancelled"] | None, Query()
+        Literal["pending", "processing", "completed", "failed", "cancelled"] | None,
+        Query(openapi_examples=examples("completed")),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: Annotated[Text | None, Query(description="next_after of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, openapi_examples=examples(20))] = 20,
+    after: Annotated[
+        Text | None,
+        Query(description="next_after of the previous page", openapi_examples=examples(TASK_ID)),
+    ] = None,
 ) -> JSONResponse:
     """The caller's tasks, newest first, in pages (test keys see only test tasks)."""
     page = await service.list_tasks(svc.db, caller, status=status, limit=limit, after=after)

@@ -1,19 +1,23 @@
-"""`GET /v1/tasks/{task_id}/deliveries`: what happened to a task's webhooks, attempt by attempt."""
+"""`POST /v1/webhooks/secret` (the account's signing secret) and
+`GET /v1/tasks/{task_id}/deliveries` (what happened to a task's webhooks,
+attempt by attempt)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Body, Depends, Path
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, StrictBool
 
 from imagine.accounts.service import Principal
 from imagine.api.envelope import success
+from imagine.api.openapi import answers, examples
 from imagine.api.services import Services, principal, services
 from imagine.api.text import Text
+from imagine.errors import Forbidden, InvalidRequest, WebhookSecretExists
 from imagine.tasks import service as tasks
-from imagine.tasks.endpoints import ERRORS, bearer
+from imagine.tasks.endpoints import TASK_ID, UNKNOWN_TASK, bearer
 from imagine.webhooks import service
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(bearer)], tags=["webhooks"])
@@ -50,49 +54,83 @@ class DeliveriesEnvelope(BaseModel):
 
 
 EXAMPLE = {
-    "code": 200,
-    "message": "success",
-    "data": {
-        "task_id": "task_6b1f…",
-        "callback_url": "https://example.com/hooks/imagine",
-        "deliveries": [
-            {
-                "webhook_id": "msg_2c9e…",
-                "type": "task.completed",
-                "status": "delivered",
-                "attempt_count": 2,
-                "created_at": "2026-11-25T20:00:00Z",
-                "next_attempt_at": None,
-                "delivered_at": "2026-11-25T20:00:05Z",
-                "attempts": [
-                    {
-                        "attempted_at": "2026-11-25T20:00:00Z",
-                        "status_code": 503,
-                        "error": None,
-                        "duration_ms": 41,
-                    },
-                    {
-                        "attempted_at": "2026-11-25T20:00:05Z",
-                        "status_code": 200,
-                        "error": None,
-                        "duration_ms": 38,
-                    },
-                ],
-            }
-        ],
-    },
+    "task_id": TASK_ID,
+    "callback_url": "https://example.com/hooks/imagine",
+    "deliveries": [
+        {
+            "webhook_id": "msg_2c9e…",
+            "type": "task.completed",
+            "status": "delivered",
+            "attempt_count": 2,
+            "created_at": "2026-11-25T20:00:00Z",
+            "next_attempt_at": None,
+            "delivered_at": "2026-11-25T20:00:05Z",
+            "attempts": [
+                {
+                    "attempted_at": "2026-11-25T20:00:00Z",
+                    "status_code": 503,
+                    "error": None,
+                    "duration_ms": 41,
+                },
+                {
+                    "attempted_at": "2026-11-25T20:00:05Z",
+                    "status_code": 200,
+                    "error": None,
+                    "duration_ms": 38,
+                },
+            ],
+        }
+    ],
 }
+
+
+class SecretBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rotate: StrictBool = False
+
+
+@router.post(
+    "/webhooks/secret",
+    responses=answers(
+        {"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwJf3kT0b6N1c=", "rotated": False},
+        WebhookSecretExists(
+            "The account already has a webhook signing secret, and it is never shown again; "
+            'send {"rotate": true} to replace it (receivers must switch to the new one)'
+        ),
+        InvalidRequest("The rotate parameter must be true or false"),
+        Forbidden("A test key cannot create or rotate the webhook signing secret"),
+    ),
+)
+async def create_secret(
+    svc: Annotated[Services, Depends(services)],
+    caller: Annotated[Principal, Depends(principal)],
+    body: Annotated[
+        SecretBody | None,
+        Body(openapi_examples=examples({}, "The first secret", rotate={"rotate": True})),
+    ] = None,
+) -> JSONResponse:
+    """Create the account's webhook signing secret (needed before a `callback_url`
+    is accepted), or replace it with `{"rotate": true}`: deliveries are signed
+    with the new one at once. The secret is in this answer only; it is stored
+    encrypted. A live key is needed."""
+    rotate = body is not None and body.rotate
+    secret = await service.create_own_secret(svc.db, caller, rotate=rotate, box=svc.webhook_secrets)
+    return success({"secret": secret, "rotated": rotate})
 
 
 @router.get(
     "/tasks/{task_id}/deliveries",
     response_model=DeliveriesEnvelope,
-    responses={**ERRORS, 200: {"content": {"application/json": {"example": EXAMPLE}}}},
+    responses=answers(EXAMPLE, UNKNOWN_TASK),
 )
 async def deliveries(
     svc: Annotated[Services, Depends(services)],
     caller: Annotated[Principal, Depends(principal)],
-    task_id: Annotated[Text, Path(description="The id returned by /v1/generate")],
+    task_id: Annotated[
+        Text,
+        Path(description="The id returned by /v1/generate", openapi_examples=examples(TASK_ID)),
+    ],
 ) -> JSONResponse:
     """The webhook messages sent for a task (one when it ends with a `callback_url`)
     and every attempt to deliver each: HTTP status or error, and how long it took.

@@ -7,9 +7,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from imagine.accounts.service import Principal
 from imagine.db.database import Database
 from imagine.db.models import Account
-from imagine.errors import InvalidRequest
+from imagine.errors import Forbidden, InvalidRequest, WebhookSecretExists
 from imagine.tasks.service import isoformat
 from imagine.webhooks import repository
 from imagine.webhooks.sealing import SecretBox
@@ -51,6 +52,24 @@ async def create_secret(
     raise SecretExists(account_id)
 
 
+async def create_own_secret(
+    db: Database, caller: Principal, *, rotate: bool, box: SecretBox
+) -> str:
+    """The account holder's `create_secret`. Only a live key may do it: the
+    secret signs the account's live webhooks too, so a test key (the one handed
+    to a CI job) must not be able to read or replace it."""
+    if caller.is_test:
+        raise Forbidden("A test key cannot create or rotate the webhook signing secret")
+    try:
+        async with db.write() as session:
+            return await create_secret(session, caller.account_id, rotate=rotate, box=box)
+    except SecretExists:
+        raise WebhookSecretExists(
+            "The account already has a webhook signing secret, and it is never shown again; "
+            'send {"rotate": true} to replace it (receivers must switch to the new one)'
+        ) from None
+
+
 async def require_signing_secret(db: Database, account_id: str) -> None:
     """Refuse a `callback_url` from an account that cannot sign, so nothing is ever
     delivered unsigned or with a signature its receiver could not check."""
@@ -61,7 +80,8 @@ async def require_signing_secret(db: Database, account_id: str) -> None:
     if not secret:
         raise InvalidRequest(
             f"The callback_url parameter needs a webhook signing secret for account "
-            f"{account_id}; an operator creates one with `imagine webhooks secret {account_id}`"
+            f"{account_id}: create one with POST /v1/webhooks/secret (an operator: "
+            f"`imagine webhooks secret {account_id}`)"
         )
 
 
