@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagine.accounts.service import IssuedKey, Principal, create_account
 from imagine.credits import MAX_BALANCE, ledger
 from imagine.db.database import in_session
 from imagine.db.models import Account, ApiKey
+from imagine.db.pages import newest_first
 from imagine.errors import InvalidRequest, NotFound
 from imagine.ids import has_id_shape
 from imagine.settings import PLANS
@@ -52,17 +53,15 @@ async def account_page(session: AsyncSession, *, limit: int, after: str | None) 
     query = select(Account, func.coalesce(_ACTIVE_KEYS.c.active, 0)).outerjoin(
         _ACTIVE_KEYS, _ACTIVE_KEYS.c.account_id == Account.id
     )
-    if after is not None:
-        anchor = None
-        if has_id_shape("acct", after):
-            anchor = await session.scalar(select(Account.created_at).where(Account.id == after))
-        if anchor is None:
-            raise InvalidRequest("The after parameter must be an account id from a previous page")
-        query = query.where(tuple_(Account.created_at, Account.id) < tuple_(anchor, after))
-    rows = list(
-        await session.execute(
-            query.order_by(Account.created_at.desc(), Account.id.desc()).limit(limit + 1)
-        )
+    rows, has_more = await newest_first(
+        session,
+        query,
+        created=Account.created_at,
+        ident=Account.id,
+        id_prefix="acct",
+        noun="an account",
+        after=after,
+        limit=limit,
     )
     return AccountPage(
         accounts=[
@@ -75,9 +74,9 @@ async def account_page(session: AsyncSession, *, limit: int, after: str | None) 
                 active_keys=int(active),
                 webhook_secret=account.webhook_secret is not None,
             )
-            for account, active in rows[:limit]
+            for account, active in rows
         ],
-        has_more=len(rows) > limit,
+        has_more=has_more,
     )
 
 

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, bindparam, func, select, tuple_, update
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagine.accounts import keys
 from imagine.credits import ledger
 from imagine.db.database import Database, in_session
 from imagine.db.models import Account, ApiKey
+from imagine.db.pages import newest_first
 from imagine.errors import Forbidden, InvalidRequest, NotFound
 from imagine.ids import has_id_shape, new_id, utcnow
 
@@ -295,24 +296,21 @@ async def key_page(
     """Keys newest first, of one account or (admins) of all; `after` is the last
     key id of the previous page. Ordered by (created_at, id), so a key created
     meanwhile lands before the cursor and a page never repeats or skips one."""
-    query = _keys(account_id, test_only)
-    if after is not None:
-        anchor = None
-        if has_id_shape("key", after):
-            anchor = await session.scalar(
-                _keys(account_id, test_only)
-                .with_only_columns(ApiKey.created_at)
-                .where(ApiKey.id == after)
-            )
-        if anchor is None:
-            raise InvalidRequest("The after parameter must be a key id from a previous page")
-        query = query.where(tuple_(ApiKey.created_at, ApiKey.id) < tuple_(anchor, after))
-    rows = list(
-        await session.execute(
-            query.order_by(ApiKey.created_at.desc(), ApiKey.id.desc()).limit(limit + 1)
-        )
+    scope = [] if account_id is None else [ApiKey.account_id == account_id]
+    if test_only:
+        scope.append(ApiKey.is_test.is_(True))
+    rows, has_more = await newest_first(
+        session,
+        _keys(account_id, test_only),
+        created=ApiKey.created_at,
+        ident=ApiKey.id,
+        id_prefix="key",
+        noun="a key",
+        scope=scope,
+        after=after,
+        limit=limit,
     )
-    return KeyPage(keys=[_listing(k, a) for k, a in rows[:limit]], has_more=len(rows) > limit)
+    return KeyPage(keys=[_listing(k, a) for k, a in rows], has_more=has_more)
 
 
 async def find_key(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Label, bindparam, case, delete, func, insert, select, tuple_
+from sqlalchemy import ColumnElement, Label, bindparam, case, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -18,6 +18,7 @@ from imagine.accounts.service import Principal
 from imagine.credits import ledger
 from imagine.db.database import Database
 from imagine.db.models import Account, IdempotencyRecord, Task
+from imagine.db.pages import newest_first
 from imagine.db.prepared import Row, Tx
 from imagine.errors import (
     Conflict,
@@ -399,28 +400,23 @@ async def list_tasks(
     """The caller's tasks, newest first. The cursor is the last task id seen:
     rows are ordered by (created_at, id), so tasks inserted meanwhile land
     before the cursor and a page never repeats or skips one."""
+    mine = Task.account_id == principal.account_id
+    query = select(*_VIEW_COLUMNS).where(mine, Task.is_test == principal.is_test)
+    if status is not None:
+        query = query.where(Task.status == status)
     async with db.read() as session:
-        query = select(*_VIEW_COLUMNS).where(
-            Task.account_id == principal.account_id, Task.is_test == principal.is_test
+        rows, has_more = await newest_first(
+            session,
+            query,
+            created=Task.created_at,
+            ident=Task.id,
+            id_prefix="task",
+            noun="a task",
+            scope=[mine],
+            after=after,
+            limit=limit,
         )
-        if status is not None:
-            query = query.where(Task.status == status)
-        if after is not None:
-            anchor = None
-            if has_id_shape("task", after):
-                anchor = await session.scalar(
-                    select(Task.created_at).where(
-                        Task.id == after, Task.account_id == principal.account_id
-                    )
-                )
-            if anchor is None:
-                raise InvalidRequest("The after parameter must be a task id from a previous page")
-            query = query.where(tuple_(Task.created_at, Task.id) < tuple_(anchor, after))
-        result = await session.execute(
-            query.order_by(Task.created_at.desc(), Task.id.desc()).limit(limit + 1)
-        )
-        rows = [dict(row) for row in result.mappings()]
-    return TaskPage(tasks=rows[:limit], has_more=len(rows) > limit)
+    return TaskPage(tasks=[dict(row._mapping) for row in rows], has_more=has_more)
 
 
 _RECENT_RUNS = (

@@ -1,0 +1,51 @@
+"""Newest-first pages behind a keyset cursor, for every listing the API offers.
+
+Rows are ordered by (created_at, id) descending and the cursor is the last id
+of the previous page, so rows inserted meanwhile land before the cursor and a
+page never repeats or skips one; no page counts or skips rows (each is one
+index range, however long the table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVarTuple
+
+from sqlalchemy import ColumnElement, Row, Select, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+from imagine.errors import InvalidRequest
+from imagine.ids import has_id_shape
+
+Columns = TypeVarTuple("Columns")
+
+
+async def newest_first(
+    session: AsyncSession,
+    query: Select[*Columns],
+    *,
+    created: InstrumentedAttribute[Any],
+    ident: InstrumentedAttribute[str],
+    id_prefix: str,
+    noun: str,
+    scope: Sequence[ColumnElement[bool]] = (),
+    after: str | None,
+    limit: int,
+) -> tuple[list[Row[*Columns]], bool]:
+    """Up to `limit` rows of `query` after the cursor, and whether more follow.
+
+    The cursor must be an id (`id_prefix`) of a row within `scope` (the
+    caller's own rows): anything else is a 400 naming the `noun`.
+    """
+    if after is not None:
+        anchor = None
+        if has_id_shape(id_prefix, after):
+            anchor = await session.scalar(select(created).where(ident == after, *scope))
+        if anchor is None:
+            raise InvalidRequest(f"The after parameter must be {noun} id from a previous page")
+        query = query.where(tuple_(created, ident) < tuple_(anchor, after))
+    rows = list(
+        await session.execute(query.order_by(created.desc(), ident.desc()).limit(limit + 1))
+    )
+    return rows[:limit], len(rows) > limit
