@@ -19,6 +19,7 @@ from imagine.api.envelope import document_errors_as_envelopes, install_error_han
 from imagine.api.fastpath import FastPaths
 from imagine.api.gate import V1Gate
 from imagine.api.openapi import answers
+from imagine.console import install_console
 from imagine.runtime import WorkerPool, build_services, prepare_database
 from imagine.settings import Settings
 from imagine.storage import endpoints as files
@@ -60,6 +61,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(admin.router)
     app.include_router(files.router)
+    if settings.console:
+        install_console(app, svc)
 
     @app.get(
         "/healthz",

@@ -176,6 +176,29 @@ class Settings(BaseSettings):
         "the API is refused with 400 until one is revoked.",
     )
 
+    # The web console at / (docs/console.md).
+    console: bool = Field(
+        default=True, description="Serve the web console at / (false: the API only)."
+    )
+    console_idle_seconds: int = Field(
+        default=3600,
+        ge=60,
+        le=30 * 86400,
+        description="A console session ends after this long without a request.",
+    )
+    console_max_seconds: int = Field(
+        default=12 * 3600,
+        ge=60,
+        le=90 * 86400,
+        description="A console session ends this long after sign-in, however active.",
+    )
+    console_signins_per_minute: int = Field(
+        default=10,
+        ge=1,
+        le=10_000,
+        description="Sign-in attempts one client address may make per minute.",
+    )
+
     # Webhook delivery (docs/webhooks.md).
     webhook_retry_delays: Annotated[tuple[float, ...], NoDecode] = Field(
         default=(5, 30, 120, 600, 1800, 3600, 10800, 21600, 43200),

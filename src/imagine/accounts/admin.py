@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagine.accounts.service import IssuedKey, Principal, create_account
@@ -48,14 +49,29 @@ _ACTIVE_KEYS = (
 )
 
 
-async def account_page(session: AsyncSession, *, limit: int, after: str | None) -> AccountPage:
-    """Accounts newest first; `after` is the last account id of the previous page."""
-    query = select(Account, func.coalesce(_ACTIVE_KEYS.c.active, 0)).outerjoin(
+def _with_active_keys() -> Select[Account, Any]:
+    return select(Account, func.coalesce(_ACTIVE_KEYS.c.active, 0)).outerjoin(
         _ACTIVE_KEYS, _ACTIVE_KEYS.c.account_id == Account.id
     )
+
+
+def _listing(account: Account, active: int) -> AccountListing:
+    return AccountListing(
+        account_id=account.id,
+        name=account.name,
+        plan=account.plan,
+        balance=account.balance,
+        created_at=account.created_at,
+        active_keys=int(active),
+        webhook_secret=account.webhook_secret is not None,
+    )
+
+
+async def account_page(session: AsyncSession, *, limit: int, after: str | None) -> AccountPage:
+    """Accounts newest first; `after` is the last account id of the previous page."""
     rows, has_more = await newest_first(
         session,
-        query,
+        _with_active_keys(),
         created=Account.created_at,
         ident=Account.id,
         id_prefix="acct",
@@ -64,20 +80,17 @@ async def account_page(session: AsyncSession, *, limit: int, after: str | None) 
         limit=limit,
     )
     return AccountPage(
-        accounts=[
-            AccountListing(
-                account_id=account.id,
-                name=account.name,
-                plan=account.plan,
-                balance=account.balance,
-                created_at=account.created_at,
-                active_keys=int(active),
-                webhook_secret=account.webhook_secret is not None,
-            )
-            for account, active in rows
-        ],
-        has_more=has_more,
+        accounts=[_listing(account, active) for account, active in rows], has_more=has_more
     )
+
+
+async def find_account(session: AsyncSession, account_id: str) -> AccountListing:
+    if not has_id_shape("acct", account_id):
+        raise NotFound("Account not found")
+    row = (await session.execute(_with_active_keys().where(Account.id == account_id))).first()
+    if row is None:
+        raise NotFound("Account not found")
+    return _listing(row[0], row[1])
 
 
 async def grant_credits(

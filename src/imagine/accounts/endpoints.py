@@ -35,6 +35,7 @@ KEY_EXAMPLE: dict[str, Any] = {
     "admin": False,
     "revoked": False,
     "revoked_at": None,
+    "last_used_at": "2026-11-26T08:12:00Z",
 }
 LIMIT = Annotated[int, Query(ge=1, le=100, openapi_examples=examples(20))]
 KEY_CURSOR = Annotated[
@@ -61,6 +62,7 @@ def key_view(listing: KeyListing) -> dict[str, Any]:
         "admin": listing.is_admin,
         "revoked": listing.revoked_at is not None,
         "revoked_at": None if listing.revoked_at is None else isoformat(listing.revoked_at),
+        "last_used_at": None if listing.last_used_at is None else isoformat(listing.last_used_at),
     }
 
 

@@ -6,13 +6,15 @@ page built on them call these functions, so one set of rules holds everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import Select, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagine.accounts import keys
@@ -22,6 +24,8 @@ from imagine.db.models import Account, ApiKey
 from imagine.db.pages import newest_first
 from imagine.errors import Forbidden, InvalidRequest, NotFound
 from imagine.ids import has_id_shape, new_id, utcnow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class KeyListing:
     revoked_at: datetime | None
     is_test: bool
     is_admin: bool = False
+    last_used_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -192,11 +197,15 @@ _KEY_BY_HASH = (
         ApiKey.account_id,
         ApiKey.is_test,
         ApiKey.is_admin,
+        ApiKey.last_used_at,
         Account.plan,
     )
     .join(Account, Account.id == ApiKey.account_id)
     .where(ApiKey.key_hash == bindparam("digest"), ApiKey.revoked_at.is_(None))
 )
+
+LAST_USE_RESOLUTION = timedelta(seconds=60)
+"""A key's `last_used_at` is rewritten at most this often."""
 
 
 async def authenticate(db: Database, key: str) -> Principal | None:
@@ -210,6 +219,9 @@ async def _principal_for(db: Database, digest: str) -> Principal | None:
     row = await db.read_one(_KEY_BY_HASH, {"digest": digest})
     if row is None or not hmac.compare_digest(row["key_hash"], digest):
         return None
+    last_used = row["last_used_at"]
+    if last_used is None or utcnow() - last_used >= LAST_USE_RESOLUTION:
+        _note_use_soon(db, row["id"])
     return Principal(
         account_id=row["account_id"],
         plan=row["plan"],
@@ -217,6 +229,36 @@ async def _principal_for(db: Database, digest: str) -> Principal | None:
         is_test=row["is_test"],
         is_admin=row["is_admin"],
     )
+
+
+_noting: set[asyncio.Task[None]] = set()
+
+
+def _note_use_soon(db: Database, key_id: str) -> None:
+    """Record the key's use after the request, not in its way: a failure to
+    write a timestamp must never fail an authenticated request."""
+    task = asyncio.get_running_loop().create_task(note_use(db, key_id))
+    _noting.add(task)
+    task.add_done_callback(_noting.discard)
+
+
+async def note_use(db: Database, key_id: str) -> None:
+    now = utcnow()
+    try:
+        async with db.write() as session:
+            await session.execute(
+                update(ApiKey)
+                .where(
+                    ApiKey.id == key_id,
+                    or_(
+                        ApiKey.last_used_at.is_(None),
+                        ApiKey.last_used_at < now - LAST_USE_RESOLUTION,
+                    ),
+                )
+                .values(last_used_at=now)
+            )
+    except Exception:
+        log.warning("could not record the use of key %s", key_id, exc_info=True)
 
 
 class KeyCache:
@@ -267,6 +309,7 @@ def _listing(key: ApiKey, account: Account) -> KeyListing:
         revoked_at=key.revoked_at,
         is_test=key.is_test,
         is_admin=key.is_admin,
+        last_used_at=key.last_used_at,
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -79,3 +79,52 @@ async def ledger_page(
         for row in rows[:limit]
     ]
     return LedgerPage(entries=entries, has_more=len(rows) > limit)
+
+
+@dataclass(frozen=True)
+class DaySpend:
+    day: date
+    debited: int
+    refunded: int
+
+    @property
+    def spent(self) -> int:
+        return self.debited - self.refunded
+
+
+def _day(column: Any, db: Database) -> Any:
+    """The UTC calendar day of a stored time, in SQL."""
+    if db.is_sqlite:
+        return func.date(column)  # SQLite keeps UTC text
+    return func.date(func.timezone("UTC", column))
+
+
+async def spend_per_day(db: Database, principal: Principal, *, days: int) -> list[DaySpend]:
+    """Credits debited and refunded on each of the last `days` UTC days, oldest
+    first, days without spending included; summed by the database."""
+    today = utcnow().date()
+    first = today - timedelta(days=days - 1)
+    start = datetime.combine(first, time.min, tzinfo=UTC)
+    day = _day(LedgerEntry.created_at, db)
+    async with db.read() as session:
+        rows = await session.execute(
+            select(day, LedgerEntry.kind, func.sum(LedgerEntry.amount))
+            .where(
+                LedgerEntry.account_id == principal.account_id,
+                LedgerEntry.created_at >= start,
+                LedgerEntry.kind.in_(("debit", "refund")),
+            )
+            .group_by(day, LedgerEntry.kind)
+        )
+        totals: dict[date, dict[str, int]] = {}
+        for when, kind, amount in rows:
+            moment = when if isinstance(when, date) else date.fromisoformat(str(when))
+            totals.setdefault(moment, {})[kind] = abs(int(amount))
+    return [
+        DaySpend(
+            day=first + timedelta(days=offset),
+            debited=totals.get(first + timedelta(days=offset), {}).get("debit", 0),
+            refunded=totals.get(first + timedelta(days=offset), {}).get("refund", 0),
+        )
+        for offset in range(days)
+    ]

@@ -145,6 +145,13 @@ def serve(
             highlight=False,
         )
     choice = choose_engine(settings)
+    url = f"http://{_browsable(settings.host)}:{settings.port}"
+    if settings.console:
+        signing = "the API key above" if issued is not None else "an API key"
+        console.print(
+            f"Console: [bold]{url}/[/bold] (sign in with {signing}) · API reference: {url}/docs",
+            highlight=False,
+        )
     console.print(
         f"Imagine serving on http://{settings.host}:{settings.port} "
         f"with the {choice.name} engine ({choice.reason}), {settings.workers} worker(s), "
@@ -152,6 +159,13 @@ def serve(
         highlight=False,
     )
     uvicorn.Server(uvicorn_config(application, settings)).run()
+
+
+def _browsable(host: str) -> str:
+    """A host a browser on this machine can open (not the wildcard address)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(
+        host, f"[{host}]" if ":" in host else host
+    )
 
 
 async def _bootstrap_key(db: Database, credits: int) -> accounts.IssuedKey | None:

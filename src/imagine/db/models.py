@@ -74,6 +74,24 @@ class ApiKey(Base):
     # Opens `/v1/admin/`. A property of one key, not of its account, so the
     # account's other keys (the ones its apps use) hold no operator power.
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # To the minute at best: written at most once a minute per key, off the
+    # request's path (imagine.accounts.service.KeyCache).
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ConsoleSession(Base):
+    """A signed-in browser of the web console (imagine.console.sessions).
+
+    Holds the SHA-256 of the cookie's random token, never the token or the API
+    key, so a copy of the database opens no session. The key is joined on
+    every request: revoking it ends its sessions at once."""
+
+    __tablename__ = "console_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class LedgerEntry(Base):
@@ -159,7 +177,10 @@ class WebhookEvent(Base):
     """
 
     __tablename__ = "webhook_events"
-    __table_args__ = (Index("ix_webhook_events_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_webhook_events_due", "status", "next_attempt_at"),
+        Index("ix_webhook_events_account", "account_id", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)

@@ -35,3 +35,9 @@ class Storage(Protocol):
     def url(self, key: str, base_url: str) -> str:
         """A URL a browser can fetch (and seek in) without our bearer key."""
         ...
+
+    @property
+    def media_origin(self) -> str | None:
+        """The origin of those URLs when it is not this server's (a page's
+        Content-Security-Policy must allow it); None for our own `/files/`."""
+        ...

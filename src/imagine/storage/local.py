@@ -88,6 +88,10 @@ class LocalStorage:
         path = (self.root / key).resolve()
         return path if path.is_relative_to(self.root) and path != self.root else None
 
+    @property
+    def media_origin(self) -> str | None:
+        return None  # served by this server's /files/
+
     def url(self, key: str, base_url: str) -> str:
         expires = (int(time.time()) + self._ttl + _ROUND - 1) // _ROUND * _ROUND
         return (

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from imagine.web.headers import origin_of
+
 
 class S3Storage:
     def __init__(
@@ -72,6 +74,11 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    @property
+    def media_origin(self) -> str | None:
+        # Where presigned (or public) URLs point: signing needs no request.
+        return origin_of(self.url("origin", ""))
 
     def url(self, key: str, base_url: str) -> str:
         if self._public:

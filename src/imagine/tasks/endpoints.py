@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -21,7 +20,6 @@ from imagine.api.fastpath import FastHandler
 from imagine.api.openapi import answers, examples
 from imagine.api.services import Services, principal, services
 from imagine.api.text import Text, is_text
-from imagine.db.prepared import Row
 from imagine.errors import (
     Conflict,
     InsufficientCredits,
@@ -32,9 +30,8 @@ from imagine.errors import (
 )
 from imagine.failures import TEST_OUTCOMES
 from imagine.tasks import service
-from imagine.tasks.schemas import GenerateBody, validate_generation
-from imagine.tasks.states import PENDING, PROCESSING
-from imagine.webhooks.service import require_signing_secret
+from imagine.tasks.actions import submit_generation, task_view
+from imagine.tasks.schemas import GenerateBody
 
 # Documents the scheme in OpenAPI; `V1Gate` does the checking.
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
@@ -198,19 +195,13 @@ async def _accept(
     idempotency_key: str | None,
     test_outcome: str | None,
 ) -> JSONResponse:
-    request = validate_generation(body, svc.settings, svc.engine_for(caller).capabilities)
-    if request.callback_url is not None:
-        await require_signing_secret(svc.db, caller.account_id)
-    task_id = await service.submit(
-        svc.db,
+    task_id = await submit_generation(
+        svc,
         caller,
-        request,
-        svc.submit_policy(caller),
-        _idempotency_key(idempotency_key),
-        _test_outcome(test_outcome, caller),
-        svc.inputs,
+        body,
+        idempotency_key=_idempotency_key(idempotency_key),
+        test_outcome=_test_outcome(test_outcome, caller),
     )
-    svc.wakeup.set()
     return success({"task_id": task_id})
 
 
@@ -269,15 +260,6 @@ def fast_handlers(svc: Services) -> dict[tuple[str, str], FastHandler]:
         ("POST", "/v1/generate"): partial(generate_fast, svc),
         ("GET", "/v1/status"): partial(status_fast, svc),
     }
-
-
-async def task_view(svc: Services, task: Row, base_url: Callable[[], str]) -> dict[str, Any]:
-    """A task's `data` as status and cancel show it. `base_url` is asked only
-    when there are file URLs to build."""
-    view = service.status_view(task, lambda key: svc.storage.url(key, base_url()))
-    if task["status"] in (PENDING, PROCESSING):
-        view.update(await service.progress_estimate(svc.db, task, svc.recent_durations))
-    return view
 
 
 @router.get(

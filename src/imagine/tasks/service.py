@@ -17,7 +17,7 @@ from sqlalchemy.orm import aliased
 from imagine.accounts.service import Principal
 from imagine.credits import ledger
 from imagine.db.database import Database
-from imagine.db.models import Account, IdempotencyRecord, Task
+from imagine.db.models import Account, IdempotencyRecord, LedgerEntry, Task
 from imagine.db.pages import newest_first
 from imagine.db.prepared import Row, Tx
 from imagine.errors import (
@@ -389,6 +389,47 @@ async def cancel(
 
 
 @dataclass(frozen=True)
+class TaskHistory:
+    """What a task's page shows beyond its status: when it ran, how often, and
+    what it cost (the debit and any refund in the ledger)."""
+
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    max_attempts: int
+    cost: int
+    charges: list[dict[str, Any]]
+
+
+async def task_history(db: Database, principal: Principal, task_id: str) -> TaskHistory:
+    if not has_id_shape("task", task_id):
+        raise NotFound("Task not found")
+    async with db.read() as session:
+        task = await session.scalar(
+            select(Task).where(Task.id == task_id, Task.account_id == principal.account_id)
+        )
+        if task is None:
+            raise NotFound("Task not found")
+        entries = await session.scalars(
+            select(LedgerEntry)
+            .where(LedgerEntry.task_id == task_id, LedgerEntry.account_id == task.account_id)
+            .order_by(LedgerEntry.id)
+        )
+        charges = [
+            {"kind": entry.kind, "amount": entry.amount, "created_at": entry.created_at}
+            for entry in entries
+        ]
+    return TaskHistory(
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+        attempts=task.attempts,
+        max_attempts=task.max_attempts,
+        cost=task.cost,
+        charges=charges,
+    )
+
+
+@dataclass(frozen=True)
 class TaskPage:
     tasks: list[Row]
     has_more: bool
@@ -397,11 +438,27 @@ class TaskPage:
 async def list_tasks(
     db: Database, principal: Principal, *, status: str | None, limit: int, after: str | None
 ) -> TaskPage:
-    """The caller's tasks, newest first. The cursor is the last task id seen:
-    rows are ordered by (created_at, id), so tasks inserted meanwhile land
-    before the cursor and a page never repeats or skips one."""
-    mine = Task.account_id == principal.account_id
-    query = select(*_VIEW_COLUMNS).where(mine, Task.is_test == principal.is_test)
+    """The caller's tasks, newest first (a test key sees its account's test tasks,
+    a live key the live ones)."""
+    return await account_tasks(
+        db, principal.account_id, is_test=principal.is_test, status=status, limit=limit, after=after
+    )
+
+
+async def account_tasks(
+    db: Database,
+    account_id: str,
+    *,
+    is_test: bool,
+    status: str | None,
+    limit: int,
+    after: str | None,
+) -> TaskPage:
+    """An account's live or test tasks, newest first. The cursor is the last task
+    id seen: rows are ordered by (created_at, id), so tasks inserted meanwhile
+    land before the cursor and a page never repeats or skips one."""
+    mine = Task.account_id == account_id
+    query = select(*_VIEW_COLUMNS).where(mine, Task.is_test == is_test)
     if status is not None:
         query = query.where(Task.status == status)
     async with db.read() as session:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from imagine.db.database import Database
 from imagine.db.models import WebhookAttempt, WebhookEvent
@@ -203,3 +203,30 @@ async def events_for_task(
     for attempt in attempts:
         by_event[attempt.event_id].append(attempt)
     return [(event, by_event[event.id]) for event in events]
+
+
+async def recent_events(
+    db: Database, account_id: str, limit: int
+) -> list[tuple[WebhookEvent, WebhookAttempt | None]]:
+    """An account's latest events, newest first, each with its latest attempt."""
+    async with db.read() as session:
+        events = list(
+            await session.scalars(
+                select(WebhookEvent)
+                .where(WebhookEvent.account_id == account_id)
+                .order_by(WebhookEvent.created_at.desc(), WebhookEvent.id.desc())
+                .limit(limit)
+            )
+        )
+        latest = (
+            select(func.max(WebhookAttempt.id))
+            .where(WebhookAttempt.event_id.in_([e.id for e in events]))
+            .group_by(WebhookAttempt.event_id)
+        )
+        attempts = {
+            attempt.event_id: attempt
+            for attempt in await session.scalars(
+                select(WebhookAttempt).where(WebhookAttempt.id.in_(latest))
+            )
+        }
+    return [(event, attempts.get(event.id)) for event in events]

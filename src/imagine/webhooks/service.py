@@ -114,3 +114,29 @@ async def deliveries(db: Database, task_id: str) -> list[dict[str, Any]]:
         }
         for event, attempts in await repository.events_for_task(db, task_id)
     ]
+
+
+async def has_secret(db: Database, account_id: str) -> bool:
+    async with db.read() as session:
+        stored = await session.scalar(
+            select(Account.webhook_secret).where(Account.id == account_id)
+        )
+    return stored is not None
+
+
+async def recent_deliveries(db: Database, account_id: str, *, limit: int) -> list[dict[str, Any]]:
+    """The account's latest webhook events, newest first, each with its last attempt."""
+    return [
+        {
+            "webhook_id": event.id,
+            "task_id": event.task_id,
+            "type": event.event_type,
+            "status": event.status,
+            "attempt_count": event.attempts,
+            "created_at": event.created_at,
+            "delivered_at": event.delivered_at,
+            "last_status_code": None if last is None else last.status_code,
+            "last_error": None if last is None else last.error,
+        }
+        for event, last in await repository.recent_events(db, account_id, limit)
+    ]
