@@ -23,6 +23,7 @@ from imagine.runtime import WorkerPool, build_services, prepare_database
 from imagine.settings import Settings
 from imagine.storage import endpoints as files
 from imagine.tasks import endpoints as tasks
+from imagine.web.assets import mount_static
 from imagine.webhooks import endpoints as webhooks
 
 log = logging.getLogger("imagine")
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(admin.router)
     app.include_router(files.router)
+    mount_static(app)
 
     @app.get(
         "/healthz",
