@@ -24,6 +24,8 @@ from imagine.runtime import WorkerPool, build_services, prepare_database
 from imagine.settings import Settings
 from imagine.storage import endpoints as files
 from imagine.tasks import endpoints as tasks
+from imagine.web import docs
+from imagine.web.assets import mount_static
 from imagine.webhooks import endpoints as webhooks
 
 log = logging.getLogger("imagine")
@@ -52,6 +54,9 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description="Text- and image-to-video generation (the Grok Imagine API contract).",
         lifespan=lifespan,
+        # Served by imagine.web.docs from vendored files, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = svc
     install_error_handlers(app)
@@ -61,6 +66,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(admin.router)
     app.include_router(files.router)
+    app.include_router(docs.router)
+    mount_static(app)
     if settings.console:
         install_console(app, svc)
 
