@@ -194,12 +194,14 @@ class ConsoleRoute(APIRoute):
                     return RedirectResponse(f"/signin?next={target}", status_code=303)
                 return see_other(request, "/signin")
             except ApiError as exc:
-                return console_of(request).render(
+                page = console_of(request).render(
                     request,
                     "error.html",
                     {"status": exc.status, "message": exc.message},
                     status_code=exc.status,
                     signed=None,
                 )
+                page.headers.update(exc.headers)
+                return page
 
         return as_page
