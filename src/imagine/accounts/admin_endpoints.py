@@ -9,6 +9,7 @@ route reads anything of the request.
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
@@ -36,6 +37,7 @@ from imagine.api.openapi import answers, examples
 from imagine.api.services import Services, principal, services
 from imagine.api.text import Text
 from imagine.errors import Forbidden, InvalidRequest, NotFound
+from imagine.queue.overview import queue_overview
 from imagine.tasks.endpoints import bearer
 from imagine.tasks.service import isoformat
 
@@ -233,3 +235,70 @@ async def revoke_key(
     async with svc.db.write() as session:
         listing = await accounts.revoke_any_key(session, key_id)
     return success(key_view(listing))
+
+
+QUEUE_EXAMPLE = {
+    "pending": 12,
+    "processing": 4,
+    "oldest_pending_at": "2026-11-25T19:58:10Z",
+    "oldest_pending_seconds": 110,
+    "engines": [
+        {
+            "engine": "preview",
+            "pending": 12,
+            "processing": 4,
+            "finished_24h": {"cancelled": 1, "completed": 310, "failed": 2},
+        }
+    ],
+    "recent_failures": [
+        {
+            "task_id": "task_6b1f2c9e0a4d8e7f5a3b1c2d",
+            "account_id": ACCOUNT_ID,
+            "engine": "preview",
+            "error_message": "Network error, please try again later.",
+            "error_detail": "image fetch: connection refused (https://example.com/a.png)",
+            "attempts": 3,
+            "finished_at": "2026-11-25T19:40:00Z",
+        }
+    ],
+}
+
+
+@router.get("/queue", responses=answers(QUEUE_EXAMPLE, NOT_ADMIN))
+async def queue(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
+    """The queue across accounts: tasks pending and processing per engine, the
+    oldest pending task's age, tasks finished per engine and status over the
+    last 24 hours, and the latest failures with their reasons."""
+    overview = await queue_overview(svc.db)
+    return success(
+        {
+            "pending": overview.pending,
+            "processing": overview.processing,
+            "oldest_pending_at": (
+                None
+                if overview.oldest_pending_at is None
+                else isoformat(overview.oldest_pending_at)
+            ),
+            "oldest_pending_seconds": (
+                None if (age := overview.oldest_pending_seconds()) is None else round(age)
+            ),
+            "engines": [
+                {
+                    "engine": load.engine,
+                    "pending": load.pending,
+                    "processing": load.processing,
+                    "finished_24h": load.finished,
+                }
+                for load in overview.engines
+            ],
+            "recent_failures": [
+                {
+                    **asdict(failure),
+                    "finished_at": (
+                        None if failure.finished_at is None else isoformat(failure.finished_at)
+                    ),
+                }
+                for failure in overview.recent_failures
+            ],
+        }
+    )
