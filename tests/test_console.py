@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from imagine.ids import utcnow
 
 from conftest import RunningServer
 from helpers import run_db, wait_for_task
+from processes import ImagineProcess, ServeProcess
 
 XSS = "<img src=x onerror=alert(1)>"
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
@@ -554,3 +556,22 @@ def test_the_queue_page_shows_backlog_and_failure_reasons(
         html = client.get("/admin/queue").text
     assert failing in html
     assert "Network error, please try again later." in html
+
+
+def test_serve_points_first_to_the_console_with_its_key(
+    tmp_path: Path, processes: list[ImagineProcess]
+) -> None:
+    serving = ServeProcess(tmp_path / "data", "--workers", "0")
+    processes.append(serving)
+    serving.wait_for_output("Imagine serving on")
+    output = serving.output()
+    key = re.search(r"API key \(shown once, keep it\): (imk_\w+)", output)
+    console = re.search(r"Console: (http://\S+/) \(sign in with the API key above\)", output)
+    assert key is not None and console is not None, output
+    assert console.group(1) == serving.url + "/"
+    first_url = re.search(r"https?://\S+", output[key.end() :])
+    assert first_url is not None and first_url.group(0) == console.group(1)  # before any other
+    with httpx.Client(base_url=serving.url, follow_redirects=False) as client:
+        signed = client.post("/signin", data={"api_key": key.group(1)})
+        assert signed.status_code == 303
+        assert "Overview" in client.get("/").text
