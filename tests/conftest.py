@@ -47,6 +47,17 @@ class RunningServer:
 
         return run_db(self.settings, create)
 
+    def new_admin_key(self) -> accounts.IssuedKey:
+        """An admin key as `imagine keys create --admin` makes one."""
+
+        async def create(db: Database) -> accounts.IssuedKey:
+            async with db.write() as session:
+                return await accounts.create_account(
+                    session, plan="enterprise", credits=0, name="operator", is_admin=True
+                )
+
+        return run_db(self.settings, create)
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)

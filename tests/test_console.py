@@ -47,16 +47,6 @@ def csrf_of(client: httpx.Client, page: str = "/keys") -> str:
     return found.group(1)
 
 
-def admin_key(server: RunningServer) -> accounts.IssuedKey:
-    async def create(db: Database) -> accounts.IssuedKey:
-        async with db.write() as session:
-            return await accounts.create_account(
-                session, plan="enterprise", credits=0, is_admin=True, name="operator"
-            )
-
-    return run_db(server.settings, create)
-
-
 def balance_of(server: RunningServer, key: str) -> int:
     with server.client(key) as api:
         return int(api.get("/v1/account").json()["data"]["balance"])
@@ -480,7 +470,7 @@ def test_usage_shows_the_ledger_and_spend_per_day(server: RunningServer) -> None
 
 
 def test_the_operator_opens_accounts_grants_and_revokes(server: RunningServer) -> None:
-    operator = admin_key(server)
+    operator = server.new_admin_key()
     user = server.new_key()
     with sign_in(server, operator.key) as client:
         token = csrf_of(client, "/admin")
@@ -531,7 +521,7 @@ def test_the_queue_page_shows_backlog_and_failure_reasons(
     server_factory: Callable[..., RunningServer],
 ) -> None:
     server = server_factory(workers=1)
-    operator = admin_key(server)
+    operator = server.new_admin_key()
     tester = server.new_key()
 
     async def test_key(db: Database) -> accounts.IssuedKey:

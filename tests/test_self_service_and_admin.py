@@ -14,10 +14,8 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 from typer.testing import CliRunner
 
-from imagine.accounts import service as accounts
 from imagine.cli.main import app as cli_app
 from imagine.credits import MAX_BALANCE
-from imagine.db.database import Database
 from imagine.db.models import ApiKey
 
 from conftest import RunningServer
@@ -25,18 +23,6 @@ from helpers import assert_error, balance_and_ledger, count_rows, run_db, wait_f
 from test_webhooks import Receiver
 
 RATE_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
-
-
-def admin_key(server: RunningServer) -> accounts.IssuedKey:
-    """An admin key as `imagine keys create --admin` makes one."""
-
-    async def create(db: Database) -> accounts.IssuedKey:
-        async with db.write() as session:
-            return await accounts.create_account(
-                session, plan="enterprise", credits=0, name="operator", is_admin=True
-            )
-
-    return run_db(server.settings, create)
 
 
 def data(answer: httpx.Response) -> Any:
@@ -233,7 +219,7 @@ ADMIN_CALLS: list[tuple[str, str, dict[str, Any] | None]] = [
 
 
 def test_admin_routes_refuse_every_key_but_an_admin_key(server: RunningServer) -> None:
-    admin = admin_key(server)
+    admin = server.new_admin_key()
     user = server.new_key(plan="enterprise")
     with server.client(user.key) as client:
         tester = data(client.post("/v1/keys", json={"test": True}))["key"]
@@ -264,7 +250,7 @@ def test_admin_opens_an_account_and_its_key_sees_the_credits_granted(
     server_factory: Any,
 ) -> None:
     server: RunningServer = server_factory(workers=0, key_cache_seconds=0)
-    admin = admin_key(server)
+    admin = server.new_admin_key()
     with server.client(admin.key) as client:
         opened = data(
             client.post(
@@ -415,7 +401,7 @@ def test_admin_sees_the_queue_backlog_by_engine(
     server_factory: Callable[..., RunningServer],
 ) -> None:
     server = server_factory(workers=0)
-    admin = admin_key(server)
+    admin = server.new_admin_key()
     user = server.new_key()
     with server.client(user.key) as client:
         for _ in range(3):

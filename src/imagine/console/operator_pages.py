@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from imagine.accounts import admin
 from imagine.accounts import service as accounts
+from imagine.accounts.service import IssuedKey
 from imagine.api.text import Text
 from imagine.console.context import (
     ConsoleRoute,
@@ -48,30 +49,14 @@ def _whole_number(raw: str, name: str) -> int:
 
 @router.get("")
 async def accounts_page(request: Request, after: Cursor = None) -> Response:
-    signed = await operator(request)
-    console = console_of(request)
-    async with console.svc.db.read() as session:
-        page = await admin.account_page(session, limit=PER_PAGE, after=after)
-    return console.render(
-        request,
-        "admin_accounts.html",
-        {
-            "accounts": page.accounts,
-            "next_after": page.accounts[-1].account_id if page.has_more else None,
-            "plans": PLANS,
-            "issued": None,
-            "starter": console.svc.settings.starter_credits,
-        },
-        signed=signed,
-    )
+    return await _accounts(request, await operator(request), after=after)
 
 
 @router.post("/accounts")
 async def create_account(request: Request) -> Response:
     signed = await operator(request)
     form = await checked_form(request, signed)
-    console = console_of(request)
-    async with console.svc.db.write() as session:
+    async with console_of(request).svc.db.write() as session:
         issued = await admin.open_account(
             session,
             plan=text_field(form, "plan", "free"),
@@ -79,8 +64,16 @@ async def create_account(request: Request) -> Response:
             name=text_field(form, "name").strip()[:200],
             is_test=form.get("test") == "on",
         )
+    return await _accounts(request, signed, after=None, issued=issued)
+
+
+async def _accounts(
+    request: Request, signed: SignedIn, *, after: str | None, issued: IssuedKey | None = None
+) -> Response:
+    """The accounts page, with a just-opened account's first key shown once."""
+    console = console_of(request)
     async with console.svc.db.read() as session:
-        page = await admin.account_page(session, limit=PER_PAGE, after=None)
+        page = await admin.account_page(session, limit=PER_PAGE, after=after)
     return console.render(
         request,
         "admin_accounts.html",
