@@ -30,7 +30,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Executable, event
+from sqlalchemy import Connection, Engine, Executable, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -77,6 +77,14 @@ class Database:
                 self._postgres_reads = AsyncpgReads(dialect, dict(connect_args))
         self._read = async_sessionmaker(self._read_engine, expire_on_commit=False)
         self._write = async_sessionmaker(self._write_engine, expire_on_commit=False)
+
+    @property
+    def sync_engines(self) -> tuple[Engine, ...]:
+        """The SQLAlchemy engines behind the sessions (for tracing)."""
+        engines = {
+            id(e.sync_engine): e.sync_engine for e in (self._read_engine, self._write_engine)
+        }
+        return tuple(engines.values())
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

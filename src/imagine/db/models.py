@@ -166,6 +166,23 @@ class Task(Base):
     # Bytes of this task's data: images in storage (`imagine.tasks.inputs`);
     # 0 once it ends, when they are deleted.
     input_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # W3C trace context of the submitting request (only when tracing is on), so
+    # the worker's span of the task joins that trace.
+    traceparent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class WorkerProcess(Base):
+    """A process running workers (`imagine worker`, or `imagine serve` with
+    in-process ones), heart-beating so any API process can tell how many
+    workers are alive per engine (imagine.queue.presence)."""
+
+    __tablename__ = "worker_processes"
+
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    engines: Mapped[list[str]] = mapped_column(JSON)
+    slots: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class WebhookEvent(Base):

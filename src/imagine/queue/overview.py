@@ -2,7 +2,8 @@
 how old the oldest waiting task is, and what failed lately and why.
 
 Each figure is one indexed query (the queue and finished-task indexes), so
-the page stays cheap however many tasks the table holds."""
+the page stays cheap however many tasks the table holds. `waiting_and_running`
+is the part the metrics read at every scrape."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagine.db.database import Database
 from imagine.db.models import Task
@@ -26,6 +28,31 @@ class EngineLoad:
     processing: int
     finished: dict[str, int]
     """Tasks that ended in the last 24 hours, by status."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What waits and runs now, per engine."""
+
+    counts: dict[tuple[str, str], int]
+    """(engine, status) → tasks, for pending and processing."""
+    oldest_pending_at: dict[str, datetime]
+    """engine → creation of its oldest pending task."""
+
+
+async def waiting_and_running(session: AsyncSession) -> Waiting:
+    live = await session.execute(
+        select(Task.engine, Task.status, func.count())
+        .where(Task.status.in_((PENDING, PROCESSING)))
+        .group_by(Task.engine, Task.status)
+    )
+    counts = {(engine, status): int(count) for engine, status, count in live}
+    oldest = await session.execute(
+        select(Task.engine, func.min(Task.created_at))
+        .where(Task.status == PENDING)
+        .group_by(Task.engine)
+    )
+    return Waiting(counts, {engine: at for engine, at in oldest if at is not None})
 
 
 @dataclass(frozen=True)
@@ -56,18 +83,11 @@ class QueueOverview:
 async def queue_overview(db: Database, *, failures: int = 20) -> QueueOverview:
     since = utcnow() - RECENT
     async with db.read() as session:
-        live = await session.execute(
-            select(Task.engine, Task.status, func.count())
-            .where(Task.status.in_((PENDING, PROCESSING)))
-            .group_by(Task.engine, Task.status)
-        )
+        waiting = await waiting_and_running(session)
         ended = await session.execute(
             select(Task.engine, Task.status, func.count())
             .where(Task.status.in_(sorted(FINISHED)), Task.finished_at >= since)
             .group_by(Task.engine, Task.status)
-        )
-        oldest = await session.scalar(
-            select(func.min(Task.created_at)).where(Task.status == PENDING)
         )
         failed = await session.scalars(
             select(Task)
@@ -88,6 +108,7 @@ async def queue_overview(db: Database, *, failures: int = 20) -> QueueOverview:
             for task in failed
         ]
     loads: dict[str, dict[str, int]] = {}
+    live = [(engine, status, count) for (engine, status), count in waiting.counts.items()]
     for engine, status, count in [*live, *ended]:
         loads.setdefault(engine, {})[status] = int(count)
     engines = [
@@ -102,7 +123,7 @@ async def queue_overview(db: Database, *, failures: int = 20) -> QueueOverview:
     return QueueOverview(
         pending=sum(load.pending for load in engines),
         processing=sum(load.processing for load in engines),
-        oldest_pending_at=oldest,
+        oldest_pending_at=min(waiting.oldest_pending_at.values(), default=None),
         engines=engines,
         recent_failures=recent_failures,
     )

@@ -63,6 +63,31 @@ def _due(now: datetime) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """Events not yet delivered or given up on, by status, and the oldest one's creation."""
+
+    by_status: dict[str, int]
+    oldest_created_at: datetime | None
+
+
+async def backlog(db: Database) -> Backlog:
+    """The outbox as an operator watches it (one read of the due index's statuses)."""
+    async with db.read() as session:
+        rows = await session.execute(
+            select(WebhookEvent.status, func.count(), func.min(WebhookEvent.created_at))
+            .where(WebhookEvent.status.in_((PENDING, DELIVERING)))
+            .group_by(WebhookEvent.status)
+        )
+        by_status: dict[str, int] = {PENDING: 0, DELIVERING: 0}
+        oldest: datetime | None = None
+        for status, count, created_at in rows:
+            by_status[status] = int(count)
+            if created_at is not None and (oldest is None or created_at < oldest):
+                oldest = created_at
+    return Backlog(by_status, oldest)
+
+
 async def has_due(db: Database) -> bool:
     """A cheap read first, so an idle dispatcher never takes SQLite's write lock."""
     async with db.read() as session:
