@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -20,7 +22,10 @@ from imagine.api.fastpath import FastPaths
 from imagine.api.gate import V1Gate
 from imagine.api.openapi import answers
 from imagine.console import install_console
-from imagine.runtime import WorkerPool, build_services, prepare_database
+from imagine.observability.exposition import MetricsServer, QueueGauges, metrics_endpoint
+from imagine.observability.health import Health, install_health
+from imagine.observability.http import PROBES, RequestTelemetry
+from imagine.runtime import WorkerPool, alive_within, build_services, prepare_database
 from imagine.settings import Settings
 from imagine.storage import endpoints as files
 from imagine.tasks import endpoints as tasks
@@ -28,15 +33,30 @@ from imagine.web import docs
 from imagine.web.assets import mount_static
 from imagine.webhooks import endpoints as webhooks
 
+if TYPE_CHECKING:
+    from fastapi.telemetry import TelemetryConfig
+
 log = logging.getLogger("imagine")
 
 
 def create_app(settings: Settings) -> FastAPI:
     svc = build_services(settings)
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    gauges = QueueGauges(svc.db, [svc.engine.name, svc.test_engine.name], alive_within(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await prepare_database(svc.db, settings)
+        metrics_server = None
+        if settings.metrics and settings.metrics_port is not None:
+            metrics_server = MetricsServer(
+                settings.metrics_host,
+                settings.metrics_port,
+                token=token,
+                gauges=gauges,
+                loop=asyncio.get_running_loop(),
+            )
+            metrics_server.start()
         pool = WorkerPool(svc, settings.workers)
         pool.start()
         # Everything built so far lives as long as the process: keep it out of
@@ -47,6 +67,8 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await pool.stop()
+            if metrics_server is not None:
+                metrics_server.stop()
             await svc.db.dispose()
 
     app = FastAPI(
@@ -57,8 +79,19 @@ def create_app(settings: Settings) -> FastAPI:
         # Served by imagine.web.docs from vendored files, not from a CDN.
         docs_url=None,
         redoc_url=None,
+        telemetry=_TRACING_ONLY,
     )
     app.state.services = svc
+    health = Health(
+        svc.db,
+        svc.limiter,
+        svc.storage,
+        timeout=settings.readiness_timeout_seconds,
+        cache_seconds=settings.readiness_cache_seconds,
+        fail_open=settings.rate_limit_fail_open,
+        alive_within=alive_within(settings),
+    )
+    app.state.health = health
     install_error_handlers(app)
     document_errors_as_envelopes(app)
     app.include_router(tasks.router)
@@ -70,6 +103,9 @@ def create_app(settings: Settings) -> FastAPI:
     mount_static(app)
     if settings.console:
         install_console(app, svc)
+    install_health(app, health)
+    if settings.metrics and settings.metrics_port is None:
+        app.add_route("/metrics", metrics_endpoint(gauges, token), include_in_schema=False)
 
     @app.get(
         "/healthz",
@@ -93,4 +129,17 @@ def create_app(settings: Settings) -> FastAPI:
         max_body_bytes=settings.body_limit,
         fail_open=settings.rate_limit_fail_open,
     )
+    # Outermost: every answer, the gate's refusals included, gets its id and line.
+    app.add_middleware(RequestTelemetry, metrics=settings.metrics)
     return app
+
+
+# FastAPI's own OpenTelemetry support, for spans only (metrics are Prometheus,
+# logs are ours), and only once `imagine.observability.tracing` has installed
+# a tracer provider; probes and scrapes make no spans.
+_TRACING_ONLY: TelemetryConfig = {
+    "metrics": False,
+    "logs": False,
+    "auto_configure": False,
+    "exclude": lambda scope: scope.get("path") in PROBES,
+}

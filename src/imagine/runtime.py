@@ -7,6 +7,9 @@ pool alone. Both prepare the database the same way.
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 
 from imagine import private_files
 from imagine.api.ratelimit import RateLimiter
@@ -16,6 +19,8 @@ from imagine.db.schema import ensure_current
 from imagine.engines.preview import PreviewEngine
 from imagine.engines.registry import create_engine
 from imagine.media.fetch import ImageFetcher
+from imagine.observability import tracing
+from imagine.queue.presence import Presence
 from imagine.queue.worker import Worker, WorkerConfig
 from imagine.settings import Settings
 from imagine.storage import create_storage
@@ -28,9 +33,11 @@ def build_services(settings: Settings) -> Services:
     private_files.prepare_data_dir(settings.data_dir)
     engine = create_engine(settings)
     storage = create_storage(settings)
+    db = Database(settings.resolved_database_url)
+    tracing.instrument_database(db)
     return Services(
         settings=settings,
-        db=Database(settings.resolved_database_url),
+        db=db,
         storage=storage,
         engine=engine,
         # Test keys' tasks always run on the preview engine, whatever serves live keys.
@@ -46,10 +53,16 @@ async def prepare_database(db: Database, settings: Settings) -> None:
     await ensure_current(db, auto_upgrade=settings.should_auto_migrate)
 
 
+def alive_within(settings: Settings) -> float:
+    """How recently a worker process must have heart-beaten to count as alive."""
+    return max(settings.lease_seconds, 2 * settings.heartbeat_interval)
+
+
 class WorkerPool:
     """N workers sharing one engine, storage and image fetcher, the webhook
     dispatcher (which runs wherever workers run, so an API-only process makes
-    no outbound connections) and the sweep of left-over input images."""
+    no outbound connections), the sweep of left-over input images, and the
+    process's presence row (`queue.presence`)."""
 
     def __init__(self, svc: Services, count: int) -> None:
         settings = svc.settings
@@ -87,6 +100,18 @@ class WorkerPool:
         self.sweeper = (
             InputSweeper(svc.db, svc.inputs, settings.input_retention_seconds) if count else None
         )
+        process_id = f"{socket.gethostname()[:50]}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.presence = (
+            Presence(
+                svc.db,
+                process_id,
+                [engine.name for engine in (svc.engine, svc.test_engine)],
+                count,
+                settings.heartbeat_interval,
+            )
+            if count
+            else None
+        )
         self._running: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -103,6 +128,8 @@ class WorkerPool:
             )
         if self.sweeper is not None:
             self._running.append(asyncio.create_task(self.sweeper.run(), name="input-sweeper"))
+        if self.presence is not None:
+            self._running.append(asyncio.create_task(self.presence.run(), name="presence"))
 
     async def stop(self) -> None:
         """Finish or release in-flight tasks and deliveries, then close shared clients."""
@@ -112,6 +139,8 @@ class WorkerPool:
             self.dispatcher.stop()
         if self.sweeper is not None:
             self.sweeper.stop()
+        if self.presence is not None:
+            self.presence.stop()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self.fetcher.aclose()
 

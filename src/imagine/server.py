@@ -11,12 +11,22 @@ serve` and the tests run the same one.
 Time is kept by one timer per connection that ticks while the connection
 lives (at most once a second), so a request costs a few attribute writes and
 no timer of its own.
+
+`ImagineServer` is uvicorn's server with a drain: on SIGTERM readiness turns
+503 at once, and the server keeps serving for `IMAGINE_SHUTDOWN_DELAY_SECONDS`
+before it stops taking connections (load balancers move away first).
+Logging is ours (`imagine.observability.logs`); uvicorn's access log is off,
+since `RequestTelemetry` logs every request without its query string.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any, ClassVar
 
 import uvicorn
@@ -233,8 +243,37 @@ def uvicorn_config(app: ASGIApp, settings: Settings) -> uvicorn.Config:
         http=bounded_protocol(RequestBounds.from_settings(settings)),
         ws="none",  # no WebSocket routes: an Upgrade header is ignored
         lifespan="on",
+        log_config=None,  # the process's logging is configured by the command
+        access_log=False,
         log_level=settings.log_level,
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=settings.keep_alive_seconds,
         timeout_graceful_shutdown=30,
     )
+
+
+class ImagineServer(uvicorn.Server):
+    """uvicorn's server that, on the first SIGTERM or SIGINT, calls `on_drain`
+    (readiness turns 503) and keeps serving for `drain_seconds` before it
+    shuts down as uvicorn does. A second signal shuts down at once."""
+
+    def __init__(
+        self, config: uvicorn.Config, *, on_drain: Callable[[], None], drain_seconds: float
+    ) -> None:
+        super().__init__(config)
+        self.on_drain = on_drain
+        self.drain_seconds = drain_seconds
+        self.drain_until: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.drain_until is None and sig in (signal.SIGTERM, signal.SIGINT):
+            self.on_drain()
+            if self.drain_seconds > 0:
+                self.drain_until = time.monotonic() + self.drain_seconds
+                return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_until is not None and time.monotonic() >= self.drain_until:
+            self.should_exit = True
+        return await super().on_tick(counter)

@@ -214,6 +214,42 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # Instruments: metrics, logs, health (docs/operations.md).
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto",
+        description="json: one JSON object per line; text: readable lines; auto: text on a "
+        "terminal, json otherwise.",
+    )
+    metrics: bool = Field(default=True, description="Serve Prometheus metrics at /metrics.")
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="Bearer token /metrics requires; default: none (restrict by address).",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics on this port of metrics_host instead of the API's; "
+        "`imagine worker` serves metrics only there.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address the metrics port listens on."
+    )
+    readiness_timeout_seconds: float = Field(
+        default=0.5, gt=0, le=30, description="Time limit of each /readyz check."
+    )
+    readiness_cache_seconds: float = Field(
+        default=1.0, ge=0, le=60, description="How long a /readyz answer is reused."
+    )
+    shutdown_delay_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=300,
+        description="On SIGTERM, /readyz answers 503 for this long before the server stops "
+        "taking connections, so load balancers move away first.",
+    )
+
     # Scaled-out mode: shared database, rate-limit store and object storage.
     auto_migrate: bool | None = Field(
         default=None,

@@ -8,7 +8,6 @@ Starlette's HTML/plain errors and unexpected exceptions all end up here.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,6 +27,7 @@ from imagine.errors import (
     NotFound,
     PayloadTooLarge,
 )
+from imagine.observability import logs
 
 log = logging.getLogger("imagine.api")
 
@@ -124,7 +124,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = secrets.token_hex(8)
+        request_id = logs.request_id()
         log.error(
             "unhandled error (request %s) on %s %s",
             request_id,

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from imagine.api.envelope import error_response
 from imagine.errors import ApiError
+from imagine.observability.http import ROUTE_KEY
 
 FastHandler = Callable[[Scope, bytes], Awaitable[Response | None]]
 
@@ -39,6 +40,7 @@ class FastPaths:
         if handler is None:
             await self.app(scope, receive, send)
             return
+        scope[ROUTE_KEY] = scope["path"]  # the handlers' paths are their routes' templates
         try:
             response = await handler(scope, scope["state"]["body"])
         except ApiError as error:

@@ -9,7 +9,6 @@ headers on every answer to an authenticated caller, whatever produced it.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 
 from starlette.datastructures import Headers
@@ -27,8 +26,15 @@ from imagine.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from imagine.observability import logs
+from imagine.observability.metrics import RATE_LIMIT_DECISIONS
 
 log = logging.getLogger("imagine.api")
+
+_ALLOWED = RATE_LIMIT_DECISIONS.labels("allowed")
+_LIMITED = RATE_LIMIT_DECISIONS.labels("limited")
+_FAIL_OPEN = RATE_LIMIT_DECISIONS.labels("fail_open")
+_UNAVAILABLE = RATE_LIMIT_DECISIONS.labels("unavailable")
 
 Authenticator = Callable[[str], Awaitable[Principal | None]]
 LimitForPlan = Callable[[str], int]
@@ -65,6 +71,7 @@ class V1Gate:
         if principal is None:
             await self._refuse(Unauthorized(), scope, receive, send)
             return
+        logs.bind(account_id=principal.account_id)
 
         try:
             state = await self.limiter.hit(
@@ -73,6 +80,7 @@ class V1Gate:
         except StorageError as exc:
             log.error("rate-limit store unreachable: %s", exc)
             if not self.fail_open:
+                _UNAVAILABLE.inc()
                 await self._refuse(
                     ServiceUnavailable("Rate limiting is unavailable, please retry shortly"),
                     scope,
@@ -80,9 +88,11 @@ class V1Gate:
                     send,
                 )
                 return
+            _FAIL_OPEN.inc()
             state = None
         rate_headers = state.headers() if state is not None else {}
         if state is not None and not state.allowed:
+            _LIMITED.inc()
             await self._refuse(
                 RateLimited(
                     f"Rate limit of {state.limit} requests per minute exceeded",
@@ -93,6 +103,8 @@ class V1Gate:
                 send,
             )
             return
+        if state is not None:
+            _ALLOWED.inc()
 
         try:
             body = await self._read_body(headers, receive)
@@ -126,7 +138,7 @@ class V1Gate:
             # Unexpected errors still answer with the envelope and the limit headers.
             if started:
                 raise
-            request_id = secrets.token_hex(8)
+            request_id = logs.request_id()
             log.error("unhandled error (request %s) on %s", request_id, path, exc_info=exc)
             await error_response(InternalError(f"Internal server error (request id {request_id})"))(
                 scope, receive, send_with_limits

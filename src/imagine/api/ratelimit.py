@@ -99,6 +99,7 @@ class LocalWindows:
 
 class RateLimiter:
     def __init__(self, storage: Storage | None = None) -> None:
+        self._storage = storage
         self._shared = MovingWindowRateLimiter(storage) if storage is not None else None
         self._local = LocalWindows() if storage is None else None
         self._items: dict[int, RateLimitItemPerMinute] = {}
@@ -118,6 +119,15 @@ class RateLimiter:
             socket_connect_timeout=2.0,
         )
         return cls(storage)
+
+    @property
+    def is_shared(self) -> bool:
+        """True when the windows live in a store (Redis) that can be down."""
+        return self._storage is not None
+
+    async def ping(self) -> bool:
+        """Whether the shared store answers (always True in memory)."""
+        return self._storage is None or bool(await self._storage.check())
 
     async def hit(self, identity: str, per_minute: int) -> RateLimitState:
         """Count one request for `identity`; a refused request is not counted."""

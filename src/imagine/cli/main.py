@@ -69,6 +69,29 @@ def _settings(**overrides: object) -> Settings:
         raise typer.Exit(2) from None
 
 
+def _start_logging(settings: Settings, service: str) -> None:
+    """The process's logs (JSON lines, or text on a terminal) and, when the
+    environment asks for them, its traces."""
+    from imagine.observability import logs, tracing
+
+    global _log_format
+    _log_format = logs.configure(settings.log_level, settings.log_format)
+    tracing.configure(service)
+
+
+_log_format = "text"
+_announcements = logging.getLogger("imagine")
+
+
+def _announce(text: str) -> None:
+    """A start-up line for the operator: on the console in text mode, as a log
+    line in JSON mode (so the process's output stays JSON lines)."""
+    if _log_format == "json":
+        _announcements.info(text)
+    else:
+        console.print(text, highlight=False)
+
+
 def _with_db(
     settings: Settings, action: Callable[[Database], Awaitable[T]], *, prepare: bool = True
 ) -> T:
@@ -112,11 +135,10 @@ def serve(
     model: ModelDir = None,
 ) -> None:
     """Run the API and its workers."""
-    import uvicorn
-
     from imagine.app import create_app
     from imagine.engines.registry import choose_engine
-    from imagine.server import uvicorn_config
+    from imagine.observability import tracing
+    from imagine.server import ImagineServer, uvicorn_config
 
     settings = _settings(
         host=host,
@@ -126,9 +148,7 @@ def serve(
         engine=engine or ("diffusers" if model else None),
         diffusers_model=model,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _start_logging(settings, "imagine-api")
     try:  # a misconfigured engine stops the start before the database is touched
         application = create_app(settings)
         prepare = getattr(application.state.services.engine, "prepare", None)
@@ -139,6 +159,7 @@ def serve(
         raise typer.Exit(2) from None
     issued = _with_db(settings, lambda db: _bootstrap_key(db, settings.starter_credits))
     if issued is not None:
+        # Printed, never logged: the one time the key is shown.
         console.print(
             f"Created a development account on the free plan with {issued.credits} credits.\n"
             f"API key (shown once, keep it): [bold]{issued.key}[/bold]",
@@ -148,17 +169,23 @@ def serve(
     url = f"http://{_browsable(settings.host)}:{settings.port}"
     if settings.console:
         signing = "the API key above" if issued is not None else "an API key"
-        console.print(
-            f"Console: [bold]{url}/[/bold] (sign in with {signing}) · API reference: {url}/docs",
-            highlight=False,
+        _announce(
+            f"Console: {url}/ (sign in with {signing}) · API reference: {url}/docs",
         )
-    console.print(
+    _announce(
         f"Imagine serving on http://{settings.host}:{settings.port} "
         f"with the {choice.name} engine ({choice.reason}), {settings.workers} worker(s), "
         f"data in {settings.data_dir.resolve()}",
-        highlight=False,
     )
-    uvicorn.Server(uvicorn_config(application, settings)).run()
+    server = ImagineServer(
+        uvicorn_config(application, settings),
+        on_drain=application.state.health.drain,
+        drain_seconds=settings.shutdown_delay_seconds,
+    )
+    try:
+        server.run()
+    finally:
+        tracing.shutdown()
 
 
 def _browsable(host: str) -> str:
@@ -202,35 +229,49 @@ def worker(
         engine=engine or ("diffusers" if model else None),
         diffusers_model=model,
     )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    _start_logging(settings, "imagine-worker")
+    from imagine.observability import tracing
+
     try:
         asyncio.run(_run_workers(settings, concurrency))
     except (SchemaOutOfDate, SettingsError) as exc:
         errors.print(f"error: {exc}", highlight=False)
         raise typer.Exit(2) from None
+    finally:
+        tracing.shutdown()
 
 
 async def _run_workers(settings: Settings, concurrency: int) -> None:
+    from imagine.observability.exposition import MetricsServer
     from imagine.runtime import WorkerPool, build_services, prepare_database
 
     svc = build_services(settings)
+    metrics = None
     try:
         await prepare_database(svc.db, settings)
+        if settings.metrics and settings.metrics_port is not None:
+            # This process's own counts only: the queue's figures come from the APIs.
+            token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+            metrics = MetricsServer(settings.metrics_host, settings.metrics_port, token=token)
+            metrics.start()
         pool = WorkerPool(svc, concurrency)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         pool.start()
-        console.print(
-            f"Imagine worker: {concurrency} slot(s), {svc.engine.name} engine", highlight=False
+        where = (
+            f", metrics on http://{settings.metrics_host}:{metrics.port}/metrics"
+            if metrics is not None
+            else ""
         )
+        _announce(f"Imagine worker: {concurrency} slot(s), {svc.engine.name} engine{where}")
         await stop.wait()
-        console.print("stopping: finishing or releasing in-flight tasks", highlight=False)
+        _announce("stopping: finishing or releasing in-flight tasks")
         await pool.stop()
     finally:
+        if metrics is not None:
+            metrics.stop()
         await svc.db.dispose()
 
 

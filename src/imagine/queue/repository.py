@@ -9,13 +9,16 @@ has a callback). The status condition makes the transition happen once, so a
 refund and an event happen once. PostgreSQL claims with `FOR UPDATE SKIP
 LOCKED`; SQLite's write transactions are serialised (`BEGIN IMMEDIATE`), so the
 same statement is safe there.
+
+The queue's metrics (queue wait, tasks finished, refunds, lease expiries) are
+recorded here, once the transaction that makes them true has committed.
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -26,6 +29,7 @@ from imagine.db.database import Database, in_session
 from imagine.db.models import Task, WebhookEvent
 from imagine.failures import FailureReason
 from imagine.ids import new_id, utcnow
+from imagine.observability import metrics
 from imagine.queue.fairness import CLAIM_ORDER
 from imagine.tasks.schemas import GenerationRequest
 from imagine.tasks.states import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING
@@ -42,6 +46,29 @@ class ClaimedTask:
     engine: str = ""
     test_outcome: str | None = None
     engine_state: dict[str, Any] = field(default_factory=dict)
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A task that reached its final status, for the metrics once committed."""
+
+    task_id: str
+    engine: str
+    status: str
+    reason: FailureReason | None
+    refunded: int
+
+    def record(self) -> None:
+        metrics.task_ended(self.engine, self.status, self.reason, self.refunded)
+
+
+def _recorded(ended: Ended | None) -> bool:
+    """Count a committed ending; True when there was one."""
+    if ended is None:
+        return False
+    ended.record()
+    return True
 
 
 @dataclass(frozen=True)
@@ -85,11 +112,14 @@ async def claim(db: Database, worker_id: str, lease_seconds: float) -> ClaimedTa
                     Task.engine,
                     Task.test_outcome,
                     Task.engine_state,
+                    Task.available_at,
+                    Task.traceparent,
                 )
             )
         ).first()
     if row is None:
         return None
+    _observe_wait(row.engine, row.available_at, now)
     return ClaimedTask(
         task_id=row.id,
         account_id=row.account_id,
@@ -100,7 +130,14 @@ async def claim(db: Database, worker_id: str, lease_seconds: float) -> ClaimedTa
         engine=row.engine,
         test_outcome=row.test_outcome,
         engine_state=row.engine_state or {},
+        traceparent=row.traceparent,
     )
+
+
+def _observe_wait(engine: str, available_at: datetime | None, claimed_at: datetime) -> None:
+    if available_at is not None:
+        waited = (claimed_at - available_at).total_seconds()
+        metrics.QUEUE_WAIT.labels(engine).observe(max(0.0, waited))
 
 
 def _owned(claimed: ClaimedTask) -> Any:
@@ -124,8 +161,9 @@ async def _end(
     reason: FailureReason | None = None,
     detail: str | None = None,
     outputs: list[str] | None = None,
-) -> bool:
-    """Move the task matching `condition` to a final status; False if none matched."""
+) -> Ended | None:
+    """Move the task matching `condition` to a final status; None if none matched.
+    The caller records the `Ended` once its transaction has committed."""
     now = utcnow()
     values: dict[str, Any] = {
         "status": status,
@@ -146,12 +184,13 @@ async def _end(
             update(Task)
             .where(condition)
             .values(**values)
-            .returning(Task.id, Task.account_id, Task.cost, Task.callback_url)
+            .returning(Task.id, Task.account_id, Task.cost, Task.callback_url, Task.engine)
         )
     ).first()
     if row is None:
-        return False
-    if status != COMPLETED and row.cost:
+        return None
+    refunded = row.cost if status != COMPLETED else 0
+    if refunded:
         await in_session(session, ledger.refund, row.account_id, row.id, row.cost)
     if row.callback_url:
         session.add(
@@ -166,7 +205,7 @@ async def _end(
                 created_at=now,
             )
         )
-    return True
+    return Ended(row.id, row.engine, status, reason, refunded)
 
 
 async def heartbeat(
@@ -211,7 +250,8 @@ async def cancel_requested(db: Database, claimed: ClaimedTask) -> bool:
 async def complete(db: Database, claimed: ClaimedTask, outputs: list[str]) -> bool:
     """Record the result; False means another worker owns the task now."""
     async with db.write() as session:
-        return await _end(session, _owned(claimed), COMPLETED, outputs=outputs)
+        ended = await _end(session, _owned(claimed), COMPLETED, outputs=outputs)
+    return _recorded(ended)
 
 
 async def fail(
@@ -240,17 +280,19 @@ async def fail(
             )
             return PENDING if moved else None
         ended = await _end(session, _owned(claimed), FAILED, reason=reason, detail=detail)
-        return FAILED if ended else None
+    return FAILED if _recorded(ended) else None
 
 
 async def cancel_running(db: Database, claimed: ClaimedTask) -> bool:
     """The engine stopped because its owner asked: cancelled and refunded."""
     async with db.write() as session:
-        return await _end(session, _owned(claimed), CANCELLED, detail="cancelled while processing")
+        ended = await _end(session, _owned(claimed), CANCELLED, detail="cancelled while processing")
+    return _recorded(ended)
 
 
-async def cancel_pending(session: AsyncSession, task_id: str) -> bool:
-    """Cancel a task no worker holds yet, inside the caller's transaction."""
+async def cancel_pending(session: AsyncSession, task_id: str) -> Ended | None:
+    """Cancel a task no worker holds yet, inside the caller's transaction (which
+    records the `Ended` once committed)."""
     condition = (Task.id == task_id) & (Task.status == PENDING)
     return await _end(session, condition, CANCELLED, detail="cancelled while pending")
 
@@ -286,6 +328,7 @@ async def recover_expired(db: Database) -> int:
                     Task.attempts,
                     Task.max_attempts,
                     Task.cancel_requested_at,
+                    Task.engine,
                 ).where(Task.status == PROCESSING, Task.lease_expires_at < now)
             )
         ).all()
@@ -296,20 +339,26 @@ async def recover_expired(db: Database) -> int:
             & (Task.lease_owner == row.lease_owner)
             & (Task.lease_expires_at < now)
         )
+        ending: Ended | None = None
         async with db.write() as session:
             if row.cancel_requested_at is not None:
-                ended = await _end(
+                action = "cancelled"
+                ending = await _end(
                     session, still_expired, CANCELLED, detail="cancelled; worker stopped responding"
                 )
+                ended = ending is not None
             elif row.attempts >= row.max_attempts:
-                ended = await _end(
+                action = "failed"
+                ending = await _end(
                     session,
                     still_expired,
                     FAILED,
                     reason=FailureReason.BUILD_FAILED,
                     detail="lease expired on the last attempt",
                 )
+                ended = ending is not None
             else:
+                action = "requeued"
                 result = await session.execute(
                     update(Task)
                     .where(still_expired)
@@ -323,5 +372,9 @@ async def recover_expired(db: Database) -> int:
                     )
                 )
                 ended = bool(getattr(result, "rowcount", 0))
-            recovered += ended
+        if ended:
+            # Counted by the process that found it: the dead one counts nothing.
+            metrics.LEASE_EXPIRED.labels(row.engine, action).inc()
+            _recorded(ending)
+        recovered += ended
     return recovered

@@ -17,7 +17,8 @@ import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import Awaitable, Mapping
+import time
+from collections.abc import Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,14 @@ from imagine.engines.base import Engine, GenerationJob, JobControl
 from imagine.failures import TEST_OUTCOMES, Cancelled, FailureReason, TaskFailure
 from imagine.media.fetch import ImageFetcher, gather_or_cancel, inspect_images
 from imagine.media.images import InputImage
+from imagine.observability import logs, tracing
+from imagine.observability.metrics import LEASE_LOST, RUN_DURATION, STAGE_DURATION
 from imagine.queue import repository as queue
 from imagine.queue.repository import ClaimedTask
 from imagine.storage.base import Storage
 from imagine.tasks.inputs import InputStore
 from imagine.tasks.schemas import GenerationRequest, StoredImage
-from imagine.tasks.states import FAILED
+from imagine.tasks.states import FAILED, PENDING
 
 log = logging.getLogger("imagine.worker")
 
@@ -108,6 +111,24 @@ class Worker:
             await asyncio.wait_for(self.wakeup.wait(), self.config.poll_interval)
 
     async def process(self, claimed: ClaimedTask) -> None:
+        """Run one claimed task to its end, with its log context and trace span."""
+        engine = claimed.engine or self.engine.name
+        context = logs.start(
+            task_id=claimed.task_id,
+            account_id=claimed.account_id,
+            engine=engine,
+            attempt=claimed.attempt,
+        )
+        started = time.perf_counter()
+        outcome = "lost"
+        try:
+            with tracing.task_span(claimed):
+                outcome = await self._process(claimed)
+        finally:
+            RUN_DURATION.labels(engine, outcome).observe(time.perf_counter() - started)
+            logs.reset(context)
+
+    async def _process(self, claimed: ClaimedTask) -> str:
         control = JobControl()
 
         async def checkpoint(state: dict[str, Any]) -> None:
@@ -129,7 +150,7 @@ class Worker:
                 if not done:
                     control.cancel_event.set()
                     await asyncio.wait({job_task})
-            await job_task
+            return await job_task
         finally:
             stop_wait.cancel()
             beat.cancel()
@@ -161,6 +182,7 @@ class Worker:
                 log.exception("%s: heartbeat failed for %s", self.name, claimed.task_id)
                 continue
             if not beat.alive:
+                LEASE_LOST.labels(claimed.engine or self.engine.name).inc()
                 log.warning("%s: lost the lease on %s; stopping it", self.name, claimed.task_id)
                 progress.stop_reason = "lease lost"
                 control.cancel_event.set()
@@ -170,19 +192,19 @@ class Worker:
                 progress.stop_reason = "cancelled"
                 control.cancel_event.set()
 
-    async def _execute(
-        self, claimed: ClaimedTask, control: JobControl, progress: _Progress
-    ) -> None:
+    async def _execute(self, claimed: ClaimedTask, control: JobControl, progress: _Progress) -> str:
+        """Run the attempt and end it; returns how it ended (`imagine_task_run_seconds`)."""
         task_id = claimed.task_id
         workdir = Path(tempfile.mkdtemp(prefix=f"{task_id}-", dir=self.workdir))
-        ended = False
+        outcome = "lost"
         try:
             paths = await asyncio.wait_for(
                 self._generate(claimed, control, workdir), self.config.task_timeout
             )
-            keys = [await asyncio.to_thread(self.storage.save, task_id, path) for path in paths]
+            with self._stage(claimed, "upload"):
+                keys = [await asyncio.to_thread(self.storage.save, task_id, path) for path in paths]
             if await queue.complete(self.db, claimed, keys):
-                ended = True
+                outcome = "completed"
                 log.info("%s: %s completed (attempt %d)", self.name, task_id, claimed.attempt)
             else:
                 log.warning("%s: result of %s discarded: lease lost", self.name, task_id)
@@ -191,24 +213,36 @@ class Worker:
         except Cancelled:
             if progress.stop_reason == "cancelled":
                 if await queue.cancel_running(self.db, claimed):
-                    ended = True
+                    outcome = "cancelled"
                     log.info("%s: %s cancelled and refunded", self.name, task_id)
             elif self._stopping.is_set() and await queue.release(self.db, claimed):
+                outcome = "released"
                 log.info("%s: %s handed back to the queue at shutdown", self.name, task_id)
         except TaskFailure as failure:
-            ended = await self._fail(claimed, failure.reason, failure.detail, failure.retryable)
+            outcome = await self._fail(claimed, failure.reason, failure.detail, failure.retryable)
         except TimeoutError:
             control.cancel_event.set()
-            ended = await self._fail(
+            outcome = await self._fail(
                 claimed, FailureReason.BUILD_FAILED, "task time limit exceeded", retryable=False
             )
         except Exception as exc:
             log.exception("%s: %s crashed", self.name, task_id)
-            ended = await self._fail(claimed, FailureReason.BUILD_FAILED, repr(exc), retryable=True)
+            outcome = await self._fail(
+                claimed, FailureReason.BUILD_FAILED, repr(exc), retryable=True
+            )
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-            if ended:  # committed: its input images are no longer needed
+            if outcome in _ENDED:  # committed: its input images are no longer needed
                 await self.inputs.discard(claimed.request.stored_images)
+        return outcome
+
+    @contextlib.contextmanager
+    def _stage(self, claimed: ClaimedTask, stage: str) -> Iterator[None]:
+        """Time one stage of the attempt into `imagine_engine_stage_seconds` (when it succeeds)."""
+        started = time.perf_counter()
+        yield
+        engine = claimed.engine or self.engine.name
+        STAGE_DURATION.labels(engine, stage).observe(time.perf_counter() - started)
 
     async def _generate(
         self, claimed: ClaimedTask, control: JobControl, workdir: Path
@@ -219,7 +253,10 @@ class Worker:
             raise TaskFailure(forced, f"test outcome {claimed.test_outcome!r} requested")
         engine = self.engines.get(claimed.engine, self.engine)
         width, height = request.size_for(engine.capabilities)
-        images = await self._input_images(request, width, height) if request.images else []
+        images: list[InputImage] = []
+        if request.images:
+            with self._stage(claimed, "fetch_inputs"):
+                images = await self._input_images(request, width, height)
         job = GenerationJob(
             task_id=claimed.task_id,
             prompt=request.prompt,
@@ -234,7 +271,8 @@ class Worker:
             fps=engine.capabilities.fps,
             resume=claimed.engine_state,
         )
-        return await engine.generate(job, workdir, control)
+        with self._stage(claimed, "generate"):
+            return await engine.generate(job, workdir, control)
 
     async def _input_images(
         self, request: GenerationRequest, width: int, height: int
@@ -259,8 +297,9 @@ class Worker:
 
     async def _fail(
         self, claimed: ClaimedTask, reason: FailureReason, detail: str, retryable: bool
-    ) -> bool:
-        """Fail this attempt; True when that ended the task (no retry left)."""
+    ) -> str:
+        """Fail this attempt: "failed" when that ended the task (no retry left),
+        "retried" when it went back to the queue, "lost" without the lease."""
         retry_after = self.config.retry_delay * 2 ** (claimed.attempt - 1) if retryable else None
         outcome = await queue.fail(self.db, claimed, reason, detail, retry_after=retry_after)
         log.warning(
@@ -272,7 +311,11 @@ class Worker:
             detail,
             outcome or "lease lost",
         )
-        return outcome == FAILED
+        return {FAILED: "failed", PENDING: "retried"}.get(outcome or "", "lost")
+
+
+# Attempts that ended their task (its stored inputs can go).
+_ENDED = frozenset({"completed", "cancelled", "failed"})
 
 
 class _Progress:

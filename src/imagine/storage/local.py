@@ -20,6 +20,7 @@ from typing import BinaryIO
 from urllib.parse import quote
 
 from imagine import private_files
+from imagine.observability.metrics import storage_op
 from imagine.storage.base import INPUTS_PREFIX
 
 _ROUND = 3600
@@ -31,12 +32,14 @@ class LocalStorage:
         self._secret = secret
         self._ttl = ttl_seconds
 
+    @storage_op("local", "save")
     def save(self, task_id: str, source: Path) -> str:
         key = f"{task_id}/{secrets.token_urlsafe(12)}{source.suffix}"
         with source.open("rb") as reader:
             self._write(self.root / key, lambda writer: shutil.copyfileobj(reader, writer))
         return key
 
+    @storage_op("local", "put")
     def put(self, name: str, data: bytes) -> str:
         target = self.path_for(name)
         if target is None:
@@ -56,12 +59,14 @@ class LocalStorage:
             os.fsync(writer.fileno())
         os.replace(partial, target)
 
+    @storage_op("local", "read")
     def read(self, key: str) -> bytes:
         path = self.path_for(key)
         if path is None:
             raise FileNotFoundError(key)
         return path.read_bytes()
 
+    @storage_op("local", "entries")
     def entries(self, prefix: str) -> list[tuple[str, float]]:
         folder, _, _ = prefix.rpartition("/")
         base = self.path_for(folder) if folder else self.root
@@ -75,6 +80,7 @@ class LocalStorage:
                     found.append((key, path.stat().st_mtime))
         return found
 
+    @storage_op("local", "delete")
     def delete(self, key: str) -> None:
         path = self.path_for(key)
         if path is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from imagine.observability.metrics import storage_op
 from imagine.web.headers import origin_of
 
 
@@ -39,6 +40,7 @@ class S3Storage:
             )
         self._client = client
 
+    @storage_op("s3", "save")
     def save(self, task_id: str, source: Path) -> str:
         key = self._key(f"{task_id}/{secrets.token_urlsafe(12)}{source.suffix}")
         self._client.upload_file(
@@ -46,11 +48,13 @@ class S3Storage:
         )
         return key
 
+    @storage_op("s3", "put")
     def put(self, name: str, data: bytes) -> str:
         key = self._key(name)
         self._client.put_object(Bucket=self.bucket, Key=key, Body=data)
         return key
 
+    @storage_op("s3", "read")
     def read(self, key: str) -> bytes:
         try:
             answer = self._client.get_object(Bucket=self.bucket, Key=key)
@@ -59,6 +63,7 @@ class S3Storage:
         data: bytes = answer["Body"].read()
         return data
 
+    @storage_op("s3", "entries")
     def entries(self, prefix: str) -> list[tuple[str, float]]:
         pages = self._client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self._key(prefix)
@@ -72,6 +77,7 @@ class S3Storage:
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
+    @storage_op("s3", "delete")
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=key)
 

@@ -80,6 +80,7 @@ class _Submission:
     fingerprint: str
     test_outcome: str | None
     input_bytes: int = 0
+    traceparent: str | None = None
 
 
 async def submit(
@@ -90,6 +91,9 @@ async def submit(
     idempotency_key: str | None = None,
     test_outcome: str | None = None,
     inputs: InputStore | None = None,
+    *,
+    task_id: str | None = None,
+    traceparent: str | None = None,
 ) -> str:
     """Charge and enqueue one generation; returns the task id once committed.
 
@@ -102,9 +106,13 @@ async def submit(
 
     `data:` images (`request.uploads`) go to `inputs` before the transaction
     and are deleted again unless this submit created the task.
+
+    `task_id` names the task if this submit creates it (a caller that passes
+    one tells a new task from a replay by comparing); `traceparent` links the
+    worker's span of the task to the submitting request's trace.
     """
     fingerprint = request_fingerprint(request) if idempotency_key else ""
-    task_id = new_id("task")
+    task_id = task_id or new_id("task")
 
     def unit(row: GenerationRequest, input_bytes: int = 0) -> _Submission:
         return _Submission(
@@ -116,6 +124,7 @@ async def submit(
             fingerprint,
             test_outcome,
             input_bytes,
+            traceparent,
         )
 
     if not request.uploads:
@@ -239,6 +248,7 @@ def _submit_once(tx: Tx, submission: _Submission) -> str:
             "test_outcome": submission.test_outcome,
             "callback_url": submission.request.get("callback_url"),
             "input_bytes": submission.input_bytes,
+            "traceparent": submission.traceparent,
         },
     )
     if key is not None:
@@ -367,6 +377,7 @@ async def cancel(
     if not has_id_shape("task", task_id):
         raise NotFound("Task not found")
     ended: list[StoredImage] = []
+    ending: queue.Ended | None = None
     async with db.write() as session:
         task = await session.scalar(
             select(Task)
@@ -379,10 +390,13 @@ async def cancel(
             raise TaskFinished(f"Task is already {task.status}; nothing to cancel")
         if task.status == PENDING:
             held = stored_images_in(task.request) if task.input_bytes else []
-            if await queue.cancel_pending(session, task_id):
+            ending = await queue.cancel_pending(session, task_id)
+            if ending is not None:
                 ended = held
         elif task.cancel_requested_at is None:
             task.cancel_requested_at = utcnow()
+    if ending is not None:
+        ending.record()  # committed
     if ended and inputs is not None:
         await inputs.discard(ended)  # after the commit: a rollback keeps them
     return await get_task(db, principal, task_id)

@@ -53,6 +53,8 @@ from imagine.media.netguard import (
     resolve_checked,
     send_pinned,
 )
+from imagine.observability import logs
+from imagine.observability.metrics import WEBHOOK_DELIVERIES
 from imagine.settings import Settings
 from imagine.storage.base import Storage
 from imagine.tasks.service import isoformat, status_view, task_row
@@ -73,6 +75,14 @@ REDIRECT_NOT_FOLLOWED = "redirect not followed"
 NO_CALLBACK_URL = "the task has no callback_url"
 NO_SIGNING_SECRET = "the account has no webhook signing secret"
 INTERNAL_ERROR = "internal error"
+
+
+# `imagine_webhook_deliveries_total{result}` by the event's status after an attempt.
+_RESULTS = {
+    repository.DELIVERED: "delivered",
+    repository.PENDING: "retrying",
+    repository.FAILED: "failed",
+}
 
 
 def build_payload(event_type: str, occurred_at: datetime, data: dict[str, Any]) -> bytes:
@@ -181,6 +191,13 @@ class Dispatcher:
 
     async def deliver(self, event: ClaimedEvent) -> None:
         """One attempt at a claimed event, its outcome recorded (never raises but on cancel)."""
+        # Its own asyncio task: this context is the delivery's alone.
+        logs.start(
+            webhook_id=event.id,
+            task_id=event.task_id,
+            account_id=event.account_id,
+            attempt=event.attempt,
+        )
         attempted_at = utcnow()
         started = time.monotonic()
         try:
@@ -215,6 +232,8 @@ class Dispatcher:
             # The lease runs out and the event is tried again: at least once.
             log.exception("%s: recording the attempt of %s failed", self.name, event.id)
             return
+        if status is not None:
+            WEBHOOK_DELIVERIES.labels(_RESULTS[status]).inc()
         if status == repository.FAILED:
             log.warning(
                 "webhook %s for %s failed for good after %d attempt(s): %s",

@@ -21,6 +21,7 @@ import io
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +44,7 @@ from imagine.engines.diffusers.families import FamilyAdapter, ModelSpec, adapter
 from imagine.engines.diffusers.mapping import apply_mode, frame_count, size_table, snap_size
 from imagine.failures import Cancelled, FailureReason, TaskFailure
 from imagine.media.video import Mp4Writer
+from imagine.observability.metrics import STAGE_DURATION
 from imagine.settings import MODES, Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -166,9 +168,11 @@ class DiffusersEngine:
         on_progress: ProgressCallback,
         should_stop: Callable[[], bool],
     ) -> None:
-        """Blocking: render the job and write the MP4."""
+        """Blocking: render the job and write the MP4 (timed as the `encode` stage)."""
         frames = self.render(job, on_progress, should_stop)
+        started = time.perf_counter()
         self.write(job, frames, path, on_progress, should_stop)
+        STAGE_DURATION.labels(self.name, "encode").observe(time.perf_counter() - started)
 
     def write(
         self,

@@ -35,6 +35,7 @@ from imagine.engines.diffusers.families import (
     RenderArgs,
 )
 from imagine.failures import Cancelled, FailureReason, TaskFailure
+from imagine.observability.metrics import GPU_MEMORY_PEAK, GPU_OOM
 
 log = logging.getLogger("imagine.engines.diffusers")
 
@@ -249,6 +250,9 @@ class PipelineRunner:
             image=request.image,
         )
         out_of_memory = False
+        on_gpu = self.device.type == "cuda"
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats(self.device)
         try:
             report("encode", 0.0)
             self._activate(pipeline)
@@ -265,7 +269,12 @@ class PipelineRunner:
         finally:
             # Offload and step-cache hooks are stale after an abort; this resets them.
             pipeline.maybe_free_model_hooks()
+            if on_gpu:
+                GPU_MEMORY_PEAK.labels(str(self.device)).set(
+                    torch.cuda.max_memory_allocated(self.device)
+                )
         if out_of_memory:
+            GPU_OOM.labels(str(self.device)).inc()
             self.free_memory()
             raise TaskFailure(
                 FailureReason.BUILD_FAILED,

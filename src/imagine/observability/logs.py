@@ -1,0 +1,212 @@
+"""Logs: one JSON object per line (or readable text on a terminal), with context.
+
+Every record goes through one handler on the root logger, ours and
+uvicorn's, SQLAlchemy's and httpx's alike. A line carries the time, level,
+logger, event (the message), the fields bound to the current context (a
+request's id and account, a task's id, engine and attempt) and the fields
+its caller passed with `extra=fields(...)`.
+
+The context lives in a `ContextVar`, so it follows a request or a task
+through awaits, into the asyncio tasks it starts and the threads it hands
+work to with `asyncio.to_thread`, and never leaks into another request.
+
+Secrets never reach the output: whatever a line holds, API keys, webhook
+secrets, bearer tokens and signature-like query parameters are replaced
+before it is written. Callers should not log them in the first place; this
+is the net under that rule. A cheap substring test first keeps the regular
+expressions off the lines (nearly all) that cannot hold one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import secrets
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar, Token
+from types import MappingProxyType
+from typing import Any, Literal, TextIO
+
+import orjson
+
+LogFormat = Literal["json", "text"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_context: ContextVar[Mapping[str, Any]] = ContextVar("imagine_log_context", default=_EMPTY)
+
+
+def fields(**values: Any) -> dict[str, Any]:
+    """`extra=` for a record that carries fields of its own: `log.info("x", extra=fields(a=1))`."""
+    return {"fields": values}
+
+
+def bind(**values: Any) -> Token[Mapping[str, Any]]:
+    """Add fields to every line logged from here on in this context."""
+    return _context.set({**_context.get(), **values})
+
+
+def start(**values: Any) -> Token[Mapping[str, Any]]:
+    """A fresh context with only these fields (a request or task begins)."""
+    return _context.set(values)
+
+
+def reset(token: Token[Mapping[str, Any]]) -> None:
+    _context.reset(token)
+
+
+@contextlib.contextmanager
+def bound(**values: Any) -> Iterator[None]:
+    """These fields on every line logged inside the block."""
+    token = bind(**values)
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def current() -> Mapping[str, Any]:
+    return _context.get()
+
+
+def request_id() -> str:
+    """The current request's id (bound by `RequestTelemetry`), or a fresh one."""
+    bound_id = _context.get().get("request_id")
+    return bound_id if isinstance(bound_id, str) else secrets.token_hex(8)
+
+
+# --- redaction ------------------------------------------------------------------------
+
+_MARKERS = (
+    "imk_",
+    "whsec_",
+    "bearer",
+    "sig",
+    "token",
+    "secret",
+    "password",
+    "authorization",
+    "cookie",
+    "credential",
+    "key=",
+    "api-key",
+    "api_key",
+    "accesskeyid",
+)
+_REDACTIONS = (
+    # Our API keys (the listing form `imk_7Hq2…x9Lm` stays readable) and webhook secrets.
+    (re.compile(r"imk_[0-9A-Za-z]{8,}"), "imk_[redacted]"),
+    (re.compile(r"whsec_[0-9A-Za-z+/=]{8,}"), "whsec_[redacted]"),
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s\"'\\,;]+"), r"\1\2[redacted]"),
+    # Header-like pairs in free text: `Authorization: …`, `'cookie': '…'`.
+    (
+        re.compile(
+            r"(?i)\b(authorization|proxy-authorization|cookie|set-cookie|x-api-key)"
+            r"(\\?[\"']?\s*[:=]\s*\\?[\"']?)(?!bearer\b|basic\b)[^\"'\\\n,}]+"
+        ),
+        r"\1\2[redacted]",
+    ),
+    # Signatures and credentials in query strings or assignments (presigned S3 and
+    # GCS URLs, our signed file links, `token=…` and friends).
+    (
+        re.compile(
+            r"(?i)(?<![0-9A-Za-z_-])((?:x-amz-signature|x-amz-credential|x-amz-security-token|"
+            r"x-goog-signature|x-goog-credential|awsaccesskeyid|signature|sig|token|"
+            r"access_token|secret|client_secret|password|api_key|apikey|key)=)[^&\s\"'\\]+"
+        ),
+        r"\1[redacted]",
+    ),
+)
+
+
+def redact(text: str) -> str:
+    """`text` with every secret-looking value replaced by `[redacted]`."""
+    lowered = text.lower()
+    if not any(marker in lowered for marker in _MARKERS):
+        return text
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+# --- formatting -----------------------------------------------------------------------
+
+_second_cache: tuple[int, str] = (-1, "")
+
+
+def _timestamp(created: float) -> str:
+    """ISO 8601 UTC to the millisecond; the date part is built once per second."""
+    global _second_cache
+    second = int(created)
+    cached = _second_cache
+    if cached[0] != second:
+        cached = _second_cache = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{int((created - second) * 1000):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """`{"time", "level", "logger", "event", …context, …fields, "exception"?}` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": _timestamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        entry.update(_context.get())
+        extra = record.__dict__.get("fields")
+        if extra:
+            entry.update(extra)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        return redact(orjson.dumps(entry, default=str).decode())
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: event key=value …` for people at a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extra = {**_context.get(), **(record.__dict__.get("fields") or {})}
+        if extra:
+            pairs = " ".join(f"{name}={value}" for name, value in extra.items())
+            head, newline, rest = line.partition("\n")  # keep a traceback below the line
+            line = f"{head} {pairs}{newline}{rest}"
+        return redact(line)
+
+
+def resolve_format(wanted: str, stream: TextIO) -> LogFormat:
+    if wanted in ("json", "text"):
+        return wanted  # type: ignore[return-value]
+    isatty = getattr(stream, "isatty", None)
+    return "text" if isatty is not None and isatty() else "json"
+
+
+def configure(level: str, wanted: str = "auto", stream: TextIO | None = None) -> LogFormat:
+    """Send every record of this process through one handler in the chosen format."""
+    out = stream or sys.stderr
+    chosen = resolve_format(wanted, out)
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter() if chosen == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # What no line shows, not computed for each record (the logging HOWTO's
+    # "Optimization": no caller frame lookup, thread or process names).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    # httpx logs every request it sends at INFO, query string included.
+    logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
+    return chosen
