@@ -207,6 +207,7 @@ def configure(level: str, wanted: str = "auto", stream: TextIO | None = None) ->
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    logging.captureWarnings(True)  # Python's warnings become lines like any other
     # httpx logs every request it sends at INFO, query string included.
     logging.getLogger("httpx").setLevel(max(root.level, logging.WARNING))
     return chosen
