@@ -18,6 +18,7 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     non_2xx: int
+    requests: int = 0
 
 
 def _ms(text: str) -> float:
@@ -68,4 +69,7 @@ def wrk(
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return LoadResult(rps, p50, p99, int(bad.group(1)) if bad else 0)
+    done = re.search(r"(\d+) requests in", out)
+    return LoadResult(
+        rps, p50, p99, int(bad.group(1)) if bad else 0, int(done.group(1)) if done else 0
+    )

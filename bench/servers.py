@@ -16,6 +16,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"IMAGINE_LOG_LEVEL": "warning", "IMAGINE_RATE_LIMIT_ENTERPRISE": "1000000000"}
+PIDS: dict[str, int] = {}
+"""The process id of each running server, by its URL."""
 
 
 def free_port() -> int:
@@ -25,16 +27,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(args: list[str], env: dict[str, str], health: str) -> Iterator[str]:
+def running(
+    args: list[str], env: dict[str, str], health: str, log: Path | None = None
+) -> Iterator[str]:
+    """The server on a free port; its output to `log` (appended), or discarded."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [arg.replace("{port}", str(port)) for arg in args]
+    output = log.open("ab") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen(
         argv,
         cwd=ROOT,
         env={**os.environ, **QUIET, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
     )
     try:
         deadline = time.monotonic() + 60
@@ -46,10 +52,14 @@ def running(args: list[str], env: dict[str, str], health: str) -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{argv} did not start") from None
                 time.sleep(0.1)
+        PIDS[url] = process.pid
         yield url
     finally:
+        PIDS.pop(url, None)
         process.terminate()
         process.wait(30)
+        if log is not None:
+            output.close()  # type: ignore[union-attr]
 
 
 def baseline() -> AbstractContextManager[str]:
@@ -70,7 +80,9 @@ def baseline() -> AbstractContextManager[str]:
     )
 
 
-def imagine(data_dir: Path, env: dict[str, str], workers: int) -> AbstractContextManager[str]:
+def imagine(
+    data_dir: Path, env: dict[str, str], workers: int, log: Path | None = None
+) -> AbstractContextManager[str]:
     return running(
         [
             sys.executable,
@@ -86,6 +98,7 @@ def imagine(data_dir: Path, env: dict[str, str], workers: int) -> AbstractContex
         ],
         env,
         "/healthz",
+        log,
     )
 
 

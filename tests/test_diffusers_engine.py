@@ -41,6 +41,7 @@ from imagine.engines.registry import create_engine
 from imagine.failures import Cancelled, FailureReason, TaskFailure
 from imagine.media.images import InputImage
 from imagine.media.video import probe_mp4
+from imagine.observability.metrics import REGISTRY
 from imagine.settings import SettingsError, load_settings
 
 from conftest import RunningServer
@@ -256,8 +257,13 @@ def test_progress_is_monotonic_through_the_phases_and_reaches_one(
     engine: DiffusersEngine, tmp_path: Path
 ) -> None:
     seen: list[float] = []
+    encodes = _sample("imagine_engine_stage_seconds_count", engine="diffusers", stage="encode")
     engine.run(make_job(), tmp_path / "out.mp4", seen.append, lambda: False)
     assert seen == sorted(seen) and seen[-1] == 1.0
+    # The MP4 writing is timed as the engine's `encode` stage.
+    assert _sample("imagine_engine_stage_seconds_count", engine="diffusers", stage="encode") == (
+        encodes + 1
+    )
     low, high = PHASES["denoise"]
     steps = [f for f in seen if low < f <= high]
     assert len(steps) == STEPS  # one report per denoising step
@@ -337,8 +343,10 @@ def test_out_of_memory_fails_the_task_and_the_engine_keeps_serving(
         if fraction > low:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
+    counted = _sample("imagine_gpu_oom_total")
     with pytest.raises(TaskFailure) as failure:
         engine.render(make_job(seed=8), out_of_memory, lambda: False)
+    assert _sample("imagine_gpu_oom_total") == counted + 1
     assert failure.value.reason is FailureReason.BUILD_FAILED
     assert not failure.value.retryable and "out of GPU memory" in failure.value.detail
     assert np.array_equal(render(engine, make_job(seed=8)), render(engine, make_job(seed=8)))
@@ -617,3 +625,13 @@ def test_imagine_serve_with_the_tiny_model_serves_the_contract(
         (tmp_path / "out.mp4").write_bytes(client.get(data["response"][0]).content)
     video = probe_mp4(tmp_path / "out.mp4")
     assert (video.width, video.height, video.frames, video.fps) == (64, 96, 9, 8.0)
+
+
+def _sample(name: str, **labels: str) -> float:
+    """The sum of a metric's samples with these labels, in this process."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

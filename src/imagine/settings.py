@@ -315,6 +315,15 @@ class Settings(BaseSettings):
         default=20, ge=0, description="Consecutive failed polls tolerated before giving up."
     )
 
+    @field_validator("metrics_port")
+    @classmethod
+    def _own_metrics_port(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value == info.data.get("port"):
+            raise ValueError(
+                "must differ from IMAGINE_PORT (leave it unset to serve /metrics there)"
+            )
+        return value
+
     @field_validator("xai_api_host")
     @classmethod
     def _grpc_target(cls, value: str) -> str:

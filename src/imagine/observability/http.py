@@ -135,14 +135,15 @@ class RequestTelemetry:
         level = logging.DEBUG if path in PROBES else logging.INFO
         if access_log.isEnabledFor(level):
             # The context adds the request id, and the account and task where known.
-            access_log.log(
+            logs.log_fields(
+                access_log,
                 level,
                 "request",
-                extra=logs.fields(
-                    method=method,
-                    route=route,
-                    path=path[:512],
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 3),
-                ),
+                {
+                    "method": method,
+                    "route": route,
+                    "path": path[:512],
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                },
             )

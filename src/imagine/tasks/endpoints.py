@@ -29,6 +29,7 @@ from imagine.errors import (
     TaskFinished,
 )
 from imagine.failures import TEST_OUTCOMES
+from imagine.observability import logs
 from imagine.tasks import service
 from imagine.tasks.actions import submit_generation, task_view
 from imagine.tasks.schemas import GenerateBody
@@ -248,6 +249,7 @@ async def status_fast(svc: Services, scope: Scope, body: bytes) -> Response | No
         if len(values) != 1 or not is_text(values[0]):
             return None
         task_id = values[0]
+    logs.bind(task_id=task_id[:80])
     task = await service.get_task(svc.db, scope["state"]["principal"], task_id)
     return success(await task_view(svc, task, lambda: svc.base_url(Request(scope))))
 
@@ -281,6 +283,7 @@ async def status(
     """A task's state; `response` lists the video URLs once it is completed.
 
     The ordinary request is answered by `status_fast` with the same `task_view`."""
+    logs.bind(task_id=task_id[:80])
     task = await service.get_task(svc.db, caller, task_id)
     return success(await task_view(svc, task, lambda: svc.base_url(http_request)))
 
@@ -310,6 +313,7 @@ async def cancel(
     """Cancel a task and refund it. A pending task is `cancelled` at once; a
     processing one is stopped within seconds (`cancel_requested` until then);
     a finished one answers 409 `TASK_FINISHED`."""
+    logs.bind(task_id=body.task_id[:80])
     task = await service.cancel(svc.db, caller, body.task_id, svc.inputs)
     return success(await task_view(svc, task, lambda: svc.base_url(http_request)))
 
