@@ -9,8 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from objectstore import S3Server
 
 IMAGINE = [sys.executable, "-m", "imagine"]
 FAST_QUEUE = {"IMAGINE_LEASE_SECONDS": "2", "IMAGINE_POLL_INTERVAL": "0.1"}
@@ -20,6 +24,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def scaled_out_env(database_url: str, s3: S3Server, bucket: str) -> dict[str, str]:
+    """The settings scaled-out processes share: PostgreSQL, Redis and S3 on loopback."""
+    return {
+        **s3.env,
+        "IMAGINE_DATABASE_URL": database_url,
+        "IMAGINE_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "IMAGINE_STORAGE_URL": f"s3://{bucket}/out",
+        "IMAGINE_RATE_LIMIT_PRO": "100000",
+    }
+
+
+def answers(url: str, process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Poll `url` until it answers 200 (True), or its process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    return False
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -88,17 +116,9 @@ class ServeProcess(ImagineProcess):
             env,
         )
         # Generous: importing torch for the diffusers engine takes long on a busy machine.
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.kill()  # never leave a half-started server behind
-                raise RuntimeError(f"serve did not start:\n{self.output()}")
-            time.sleep(0.1)
+        if not answers(f"{self.url}/healthz", self.process, timeout=60):
+            self.kill()  # never leave a half-started server behind
+            raise RuntimeError(f"serve did not start:\n{self.output()}")
 
 
 class WorkerProcess(ImagineProcess):

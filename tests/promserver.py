@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from processes import free_port
+from processes import answers, free_port
 
 SCRAPE_SECONDS = 1
 
@@ -97,18 +97,10 @@ def running_prometheus(workdir: Path, scrape_configs: list[dict[str, Any]]) -> I
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    "prometheus did not start:\n" + (workdir / "prometheus.log").read_text()
-                )
-            time.sleep(0.1)
+        if not answers(f"{url}/-/ready", process, timeout=30):
+            raise RuntimeError(
+                "prometheus did not start:\n" + (workdir / "prometheus.log").read_text()
+            )
         yield Prometheus(url)
     finally:
         process.terminate()

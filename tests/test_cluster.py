@@ -18,7 +18,7 @@ from imagine.settings import load_settings
 
 from helpers import balance_and_ledger, run_db
 from objectstore import S3Server
-from processes import ImagineProcess, ServeProcess, WorkerProcess, cli
+from processes import ImagineProcess, ServeProcess, WorkerProcess, cli, scaled_out_env
 
 TASKS = 200
 ACCOUNTS = 4
@@ -60,14 +60,7 @@ def test_two_apis_two_workers_one_killed_every_task_once(
 ) -> None:
     database_url = postgres.create(migrated=False)
     bucket = s3_server.new_bucket()
-    env = {
-        **s3_server.env,
-        "IMAGINE_DATABASE_URL": database_url,
-        "IMAGINE_REDIS_URL": "redis://127.0.0.1:6379/0",
-        "IMAGINE_STORAGE_URL": f"s3://{bucket}/out",
-        "IMAGINE_RATE_LIMIT_PRO": "100000",
-        "IMAGINE_POLL_INTERVAL": "0.05",
-    }
+    env = {**scaled_out_env(database_url, s3_server, bucket), "IMAGINE_POLL_INTERVAL": "0.05"}
     try:
         refused = cli("keys", "list", "--data-dir", str(tmp_path / "cli"), env=env)
         assert refused.returncode == 2 and "imagine db upgrade" in refused.stderr

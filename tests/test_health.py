@@ -172,34 +172,27 @@ def test_readyz_names_its_checks_and_livez_checks_nothing(sqlite_server: ServerF
     assert data["workers_alive"] == {"preview": 1}
 
 
-def test_readyz_turns_503_when_postgres_stops_and_200_when_it_returns(
-    sqlite_server: ServerFactory, own_postgres: Postgres
+@pytest.mark.parametrize("store", ["database", "redis"])
+def test_readyz_turns_503_within_2_s_of_an_outage_and_200_after_it(
+    sqlite_server: ServerFactory, request: pytest.FixtureRequest, store: str
 ) -> None:
-    server = sqlite_server(workers=0, database_url=own_postgres.url, auto_migrate=True)
+    """PostgreSQL (the database) or Redis (the rate-limit store) stops, then returns."""
+    outage: Postgres | Redis
+    if store == "database":
+        outage = request.getfixturevalue("own_postgres")
+        server = sqlite_server(workers=0, database_url=outage.url, auto_migrate=True)
+    else:
+        outage = request.getfixturevalue("redis")
+        server = sqlite_server(workers=0, redis_url=outage.url)
     with server.client() as client:
         poll_until(client, 200, timeout=10)
-        own_postgres.stop()
+        outage.stop()
         took, answer = poll_until(client, 503, timeout=10)
         assert took <= OUTAGE_NOTICED_WITHIN
         body = answer.json()
-        assert body["error"] == "SERVICE_UNAVAILABLE" and "database" in body["message"]
-        assert body["data"]["checks"]["database"]["ok"] is False
-        own_postgres.start()
-        poll_until(client, 200, timeout=15)
-
-
-def test_readyz_turns_503_when_redis_stops_and_200_when_it_returns(
-    sqlite_server: ServerFactory, redis: Redis
-) -> None:
-    server = sqlite_server(workers=0, redis_url=redis.url)
-    with server.client() as client:
-        poll_until(client, 200, timeout=10)
-        redis.stop()
-        took, answer = poll_until(client, 503, timeout=10)
-        assert took <= OUTAGE_NOTICED_WITHIN
-        assert answer.json()["data"]["checks"]["redis"]["ok"] is False
-        assert answer.json()["message"] == "Not ready: redis"
-        redis.start()
+        assert body["error"] == "SERVICE_UNAVAILABLE" and body["message"] == f"Not ready: {store}"
+        assert body["data"]["checks"][store]["ok"] is False
+        outage.start()
         poll_until(client, 200, timeout=15)
 
 

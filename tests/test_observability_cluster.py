@@ -36,7 +36,14 @@ from imagine.settings import load_settings
 from helpers import FINISHED, image_bytes, run_db
 from loopback_doubles import _Quiet, _serving
 from objectstore import S3Server
-from processes import ImagineProcess, ServeProcess, WorkerProcess, cli, free_port
+from processes import (
+    ImagineProcess,
+    ServeProcess,
+    WorkerProcess,
+    cli,
+    free_port,
+    scaled_out_env,
+)
 from promserver import Prometheus, running_prometheus
 
 TOKEN = f"metrics-{secrets.token_hex(12)}"
@@ -139,11 +146,7 @@ def test_prometheus_sees_exactly_the_work_a_cluster_did(
     database_url = postgres.create()
     bucket = s3_server.new_bucket()
     env = {
-        **s3_server.env,
-        "IMAGINE_DATABASE_URL": database_url,
-        "IMAGINE_REDIS_URL": "redis://127.0.0.1:6379/0",
-        "IMAGINE_STORAGE_URL": f"s3://{bucket}/out",
-        "IMAGINE_RATE_LIMIT_PRO": "100000",
+        **scaled_out_env(database_url, s3_server, bucket),
         "IMAGINE_ALLOW_PRIVATE_URLS": "true",
         "IMAGINE_METRICS_TOKEN": TOKEN,
         "IMAGINE_SECRET_KEY": SERVER_SECRET,  # the webhook secret is sealed with it

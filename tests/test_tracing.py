@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from helpers import wait_for_task
 from loopback_doubles import _Quiet, _serving
 from processes import ImagineProcess, ServeProcess, WorkerProcess, cli
 
@@ -115,13 +115,7 @@ def test_a_submit_and_its_run_in_a_worker_process_share_one_trace(
         task_id = client.post("/v1/generate", json={"prompt": "traced", "duration": 1}).json()[
             "data"
         ]["task_id"]
-        deadline = time.monotonic() + 60
-        while (
-            client.get("/v1/status", params={"task_id": task_id}).json()["data"]["status"]
-            != "completed"
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        assert wait_for_task(client, task_id)["status"] == "completed"
     for proc in (api, worker):
         proc.terminate()  # flushes what is still batched
 

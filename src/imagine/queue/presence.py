@@ -11,8 +11,6 @@ next heartbeat of any process.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 
@@ -21,6 +19,7 @@ from sqlalchemy import delete, select, update
 from imagine.db.database import Database
 from imagine.db.models import WorkerProcess
 from imagine.ids import utcnow
+from imagine.periodic import Periodic
 
 log = logging.getLogger("imagine.worker")
 
@@ -66,30 +65,23 @@ async def alive_by_engine(db: Database, within: float) -> dict[str, int]:
     return alive
 
 
-class Presence:
+class Presence(Periodic):
     """Heart-beats one process's row until stopped, then removes it."""
 
     def __init__(
         self, db: Database, process_id: str, engines: list[str], slots: int, interval: float
     ) -> None:
+        super().__init__(interval)
+        self.name = f"the presence heartbeat of {process_id}"
         self.db = db
         self.process_id = process_id
         self.engines = sorted(set(engines))
         self.slots = slots
-        self.interval = interval
-        self._stopping = asyncio.Event()
 
-    def stop(self) -> None:
-        self._stopping.set()
+    async def tick(self) -> None:
+        await beat(self.db, self.process_id, self.engines, self.slots)
 
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await beat(self.db, self.process_id, self.engines, self.slots)
-            except Exception:
-                log.exception("%s: presence heartbeat failed", self.process_id)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval)
+    async def finish(self) -> None:
         try:
             await leave(self.db, self.process_id)
         except Exception:

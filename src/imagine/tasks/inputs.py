@@ -12,7 +12,6 @@ ended or never existed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -24,6 +23,7 @@ from sqlalchemy import select
 from imagine.db.database import Database
 from imagine.db.models import Task
 from imagine.failures import FailureReason, TaskFailure
+from imagine.periodic import Periodic
 from imagine.storage.base import INPUTS_PREFIX, Storage
 from imagine.tasks.schemas import GenerationRequest, StoredImage, summarise_data_url
 
@@ -119,25 +119,17 @@ async def _tasks_holding_inputs(db: Database, task_ids: list[str]) -> set[str]:
     return holding
 
 
-class InputSweeper:
+class InputSweeper(Periodic):
     """Runs `InputStore.sweep` at start and then every `interval` seconds, in
     every process that runs workers (several sweeping at once is harmless)."""
 
+    name = "sweeping stored input images"
+
     def __init__(self, db: Database, inputs: InputStore, retention: float) -> None:
+        super().__init__(min(retention / 2, _MAX_SWEEP_INTERVAL))
         self.db = db
         self.inputs = inputs
         self.retention = retention
-        self.interval = min(retention / 2, _MAX_SWEEP_INTERVAL)
-        self._stopping = asyncio.Event()
 
-    def stop(self) -> None:
-        self._stopping.set()
-
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.inputs.sweep(self.db, self.retention)
-            except Exception:
-                log.exception("sweeping stored input images failed; trying again later")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.interval)
+    async def tick(self) -> None:
+        await self.inputs.sweep(self.db, self.retention)
