@@ -6,8 +6,9 @@ Two servers run side by side (SQLite, no workers), each in its own process:
 
 - **off**: `IMAGINE_METRICS=false`, `IMAGINE_LOG_LEVEL=warning` (no access
   lines; request ids are still made and returned);
-- **on**: metrics on and scraped every second, JSON logs at `info` (one
-  access line per request) written to a file;
+- **on**: metrics on and scraped every `--scrape-seconds` (15, a common
+  Prometheus setting), JSON logs at `info` (one access line per request)
+  written to a file;
 
 and, with `--before SRC` (the `src` directory of another checkout, e.g.
 `git archive <commit> src | tar -x -C /tmp/before`), a third one running
@@ -28,6 +29,7 @@ import platform
 import statistics
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -56,13 +58,13 @@ class Config:
 
 
 @contextlib.contextmanager
-def scraping(url: str) -> Iterator[None]:
-    """Scrape /metrics once a second, as Prometheus would, while the block runs."""
+def scraping(url: str, every: float) -> Iterator[None]:
+    """Scrape /metrics every `every` seconds, as Prometheus would, while the block runs."""
     stop = threading.Event()
 
     def scrape() -> None:
         with httpx.Client(timeout=10) as client:
-            while not stop.wait(1.0):
+            while not stop.wait(every):
                 client.get(f"{url}/metrics")
 
     thread = threading.Thread(target=scrape, daemon=True)
@@ -116,6 +118,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--before", type=Path, help="src directory of the code to compare with")
+    parser.add_argument("--scrape-seconds", type=float, default=15.0)
     args = parser.parse_args()
 
     configs = [
@@ -147,7 +150,12 @@ def main() -> None:
             order = configs if round_number % 2 == 0 else configs[::-1]
             for path in PATHS:
                 for config in order:
-                    with scraping(config.url) if config.scrape else contextlib.nullcontext():
+                    scrape = config.scrape and args.scrape_seconds > 0
+                    with (
+                        scraping(config.url, args.scrape_seconds)
+                        if scrape
+                        else contextlib.nullcontext()
+                    ):
                         rate, cpu_us = load(config, path, args.seconds, args.connections)
                     config.rates[path].append(rate)
                     config.cpu_us[path].append(cpu_us)
@@ -155,6 +163,18 @@ def main() -> None:
                         f"round {round_number + 1}: {config.name:6} {path}: {rate:,.0f} req/s, "
                         f"{cpu_us:.1f} µs CPU/request"
                     )
+        on = configs[1]
+        scrapes = []
+        for _ in range(3):  # the queue is read afresh once the cache (1 s) has expired
+            time.sleep(1.1)
+            started = time.perf_counter()
+            exposition = httpx.get(f"{on.url}/metrics", timeout=30).text
+            scrapes.append((time.perf_counter() - started) * 1000)
+        pending = next(
+            float(line.split()[-1])
+            for line in exposition.splitlines()
+            if line.startswith('imagine_queue_depth{engine="preview",state="pending"}')
+        )
         access_lines = sum(
             1
             for line in (Path(tmp) / "on.log").read_text().splitlines()
@@ -191,6 +211,10 @@ def main() -> None:
             cells += [f"{rate['on'] / rate['before']:.2f}×", f"{cpu['on'] / cpu['before']:.2f}×"]
         print("| " + " | ".join(cells) + " |")
     print(f"\nThe 'on' server wrote {access_lines:,} JSON access lines.")
+    print(
+        f"A scrape of /metrics with {pending:,.0f} tasks pending took "
+        f"{statistics.median(scrapes):.0f} ms (median of 3; the queue read from the database)."
+    )
 
 
 if __name__ == "__main__":

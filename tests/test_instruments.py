@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -237,3 +238,26 @@ def test_json_lines_carry_the_context_the_fields_and_a_redacted_traceback() -> N
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(first["time"]))
     assert "ValueError" in str(failed["exception"]) and KEY not in json.dumps(failed)
     assert "request_id" not in outside
+
+
+def test_lines_are_batched_but_a_warning_writes_everything_before_it_at_once() -> None:
+    stream = io.StringIO()
+    handler = logs.LineHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("imagine.test-batch")
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("first")
+        assert stream.getvalue() == ""  # batched
+        logger.warning("second")
+        events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+        assert events == ["first", "second"]
+        logger.info("third")
+        deadline = time.monotonic() + 5 * logs.LineHandler.FLUSH_SECONDS
+        while "third" not in stream.getvalue():
+            assert time.monotonic() < deadline, "a batched line was never written"
+            time.sleep(0.01)
+    finally:
+        logger.removeHandler(handler)

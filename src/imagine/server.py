@@ -22,9 +22,10 @@ since `RequestTelemetry` logs every request without its query string.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, ClassVar
@@ -36,6 +37,7 @@ from uvicorn.server import ServerState
 
 from imagine.api.envelope import error_response
 from imagine.errors import ApiError, HeadersTooLarge, RequestTimeout
+from imagine.observability import logs
 from imagine.settings import Settings
 
 # What a connection waits for from its client.
@@ -272,6 +274,17 @@ class ImagineServer(uvicorn.Server):
                 self.drain_until = time.monotonic() + self.drain_seconds
                 return
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the signal it caught once the server has stopped,
+        # which ends the process without running `atexit`: the log lines still
+        # batched are written first.
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                logs.flush()
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_until is not None and time.monotonic() >= self.drain_until:

@@ -41,18 +41,19 @@ class Waiting:
 
 
 async def waiting_and_running(session: AsyncSession) -> Waiting:
-    live = await session.execute(
-        select(Task.engine, Task.status, func.count())
+    """One pass over the unfinished tasks (a range of the queue index)."""
+    rows = await session.execute(
+        select(Task.engine, Task.status, func.count(), func.min(Task.created_at))
         .where(Task.status.in_((PENDING, PROCESSING)))
         .group_by(Task.engine, Task.status)
     )
-    counts = {(engine, status): int(count) for engine, status, count in live}
-    oldest = await session.execute(
-        select(Task.engine, func.min(Task.created_at))
-        .where(Task.status == PENDING)
-        .group_by(Task.engine)
-    )
-    return Waiting(counts, {engine: at for engine, at in oldest if at is not None})
+    counts: dict[tuple[str, str], int] = {}
+    oldest: dict[str, datetime] = {}
+    for engine, status, count, created_at in rows:
+        counts[engine, status] = int(count)
+        if status == PENDING and created_at is not None:
+            oldest[engine] = created_at
+    return Waiting(counts, oldest)
 
 
 @dataclass(frozen=True)
