@@ -106,14 +106,14 @@ _REDACTIONS = (
 )
 
 
-def _may_hold_secret(lowered: str) -> bool:
-    """What every pattern above needs (an `=`, a prefix, a header's name); a chain
+def _may_hold_secret(text: str) -> bool:
+    """What every pattern above needs (an `=`, a prefix, a header's name): a chain
     of substring tests, a few hundred nanoseconds for a line."""
+    if "=" in text or "imk_" in text or "whsec_" in text:
+        return True
+    lowered = text.lower()
     return (
-        "=" in lowered
-        or "imk_" in lowered
-        or "whsec_" in lowered
-        or "bearer" in lowered
+        "bearer" in lowered
         or "basic" in lowered
         or "authorization" in lowered
         or "cookie" in lowered
@@ -123,7 +123,7 @@ def _may_hold_secret(lowered: str) -> bool:
 
 def redact(text: str) -> str:
     """`text` with every secret-looking value replaced by `[redacted]`."""
-    if not _may_hold_secret(text.lower()):
+    if not _may_hold_secret(text):
         return text
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
@@ -133,16 +133,23 @@ def redact(text: str) -> str:
 # --- formatting -----------------------------------------------------------------------
 
 _second_cache: tuple[int, str] = (-1, "")
+_milli_cache: tuple[int, str] = (-1, "")
 
 
 def _timestamp(created: float) -> str:
-    """ISO 8601 UTC to the millisecond; the date part is built once per second."""
-    global _second_cache
-    second = int(created)
+    """ISO 8601 UTC to the millisecond; built once per millisecond (lines come
+    several to a millisecond under load), its date part once per second."""
+    global _second_cache, _milli_cache
+    milli = int(created * 1000)
+    if _milli_cache[0] == milli:
+        return _milli_cache[1]
+    second = milli // 1000
     cached = _second_cache
     if cached[0] != second:
         cached = _second_cache = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{cached[1]}.{int((created - second) * 1000):03d}Z"
+    stamp = f"{cached[1]}.{milli - second * 1000:03d}Z"
+    _milli_cache = (milli, stamp)
+    return stamp
 
 
 _LEVELS = {
@@ -168,10 +175,9 @@ def json_line(
         "level": _LEVELS.get(level) or logging.getLevelName(level).lower(),
         "logger": logger,
         "event": event,
+        **_context.get(),
+        **(extra or _EMPTY),
     }
-    entry.update(_context.get())
-    if extra:
-        entry.update(extra)
     if exception:
         entry["exception"] = exception
     return redact(orjson.dumps(entry, default=str).decode())
