@@ -16,13 +16,18 @@ that code at its defaults. `wrk` loads `GET /v1/status` and `POST
 /v1/generate` on each in turn, the order alternating every round, so
 machine noise falls on all alike. Prints a Markdown table: requests per
 second per round and their median, the server process's CPU time per
-request (from /proc: less sensitive than throughput to what else the machine
-runs), and on/off (and on/before) ratios of both. Needs `wrk` and Linux.
+request (from /proc), and on/off (and on/before) ratios of both. Needs `wrk`
+and Linux.
+
+First, in this process, what the layer itself costs: `RequestTelemetry`
+around a trivial ASGI app, CPU time per request with access lines off and
+on, the histogram off and on (`--layer-only` stops there).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import platform
@@ -34,11 +39,14 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from bench import servers
 from bench.load import wrk
+from imagine.observability import logs
+from imagine.observability.http import RequestTelemetry
 
 BODY = '{"prompt": "a beautiful landscape with mountains", "mode": "fun", "ratio": "1:1"}'
 PATHS = ("GET /v1/status", "POST /v1/generate")
@@ -108,6 +116,50 @@ def load(config: Config, path: str, seconds: int, connections: int) -> tuple[flo
     return result.requests_per_second, cpu / max(1, result.requests) * 1e6
 
 
+async def _trivial(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def _no_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _discard(message: Any) -> None:
+    pass
+
+
+def layer_cost(requests: int = 50_000) -> list[tuple[str, float]]:
+    """CPU microseconds per request that `RequestTelemetry` adds to a trivial app."""
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/v1/status",
+        "query_string": b"task_id=x",
+        "headers": [(b"host", b"bench"), (b"authorization", b"Bearer imk_x"), (b"accept", b"*/*")],
+    }
+
+    async def per_request(app: Any) -> float:
+        started = time.process_time()
+        for _ in range(requests):
+            await app(dict(scope), _no_body, _discard)
+        return (time.process_time() - started) / requests * 1e6
+
+    results = []
+    with open(os.devnull, "w") as sink:
+        for name, level, histogram in (
+            ("ids and context only", "warning", False),
+            ("+ request-duration histogram", "warning", True),
+            ("+ JSON access line", "info", True),
+        ):
+            logs.configure(level, "json", sink)
+            bare = asyncio.run(per_request(_trivial))
+            wrapped = asyncio.run(per_request(RequestTelemetry(_trivial, metrics=histogram)))
+            results.append((name, wrapped - bare))
+        logs.configure("warning", "text")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.observability",
@@ -119,7 +171,14 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--before", type=Path, help="src directory of the code to compare with")
     parser.add_argument("--scrape-seconds", type=float, default=15.0)
+    parser.add_argument("--layer-only", action="store_true")
     args = parser.parse_args()
+
+    print("| RequestTelemetry, in process | CPU µs per request |\n|---|---|")
+    for name, cost in layer_cost():
+        print(f"| {name} | {cost:.1f} |")
+    if args.layer_only:
+        return
 
     configs = [
         Config("off", {"IMAGINE_METRICS": "false", "IMAGINE_LOG_LEVEL": "warning"}),
