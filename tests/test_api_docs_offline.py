@@ -66,6 +66,7 @@ def test_docs_render_the_api_reference_offline(tmp_path: Path) -> None:
         "/static/vendor/swagger-ui/swagger-ui-bundle.js",
         "/static/vendor/swagger-ui/swagger-ui.css",
         "/static/docs.js",
+        "/static/docs.css",
         "/openapi.json",
     } <= paths, detail
     errors = [message for message in result["console"] if message["type"] == "error"]
