@@ -38,6 +38,7 @@ class RunningServer:
 
     def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers.update(kwargs.pop("headers", {}))
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
 
     def new_key(self, plan: str = "free", credits: int = 1000) -> accounts.IssuedKey:

@@ -21,6 +21,7 @@ from imagine.console.context import (
     signed_in,
     text_field,
 )
+from imagine.console.i18n import N_
 from imagine.console.sessions import SignedIn
 from imagine.errors import Forbidden, InvalidRequest
 from imagine.queue.overview import queue_overview
@@ -36,7 +37,7 @@ PER_PAGE = 50
 async def operator(request: Request) -> SignedIn:
     signed = await signed_in(request)
     if not signed.principal.is_admin:
-        raise Forbidden("This needs a session opened with an admin key")
+        raise Forbidden(N_("This needs a session opened with an admin key"))
     return signed
 
 
