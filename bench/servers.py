@@ -11,8 +11,12 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from bench.pg import TemporaryDatabase
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = {"IMAGINE_LOG_LEVEL": "warning", "IMAGINE_RATE_LIMIT_ENTERPRISE": "1000000000"}
@@ -22,6 +26,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def database_env(postgres: bool) -> tuple[dict[str, str], TemporaryDatabase | None]:
+    """The server's environment for a run: none for SQLite (the data dir's file),
+    or a fresh PostgreSQL database the caller drops when done."""
+    if not postgres:
+        return {}, None
+    from bench.pg import TemporaryDatabase
+
+    database = TemporaryDatabase()
+    return {"IMAGINE_DATABASE_URL": database.url, "IMAGINE_AUTO_MIGRATE": "true"}, database
 
 
 @contextmanager

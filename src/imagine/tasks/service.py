@@ -410,10 +410,11 @@ async def task_history(db: Database, principal: Principal, task_id: str) -> Task
         )
         if task is None:
             raise NotFound("Task not found")
+        # By task id alone, on the unique (task_id, kind) index: the task's
+        # charges are its account's by construction, and with the account in
+        # the filter SQLite walks the account's whole ledger in id order instead.
         entries = await session.scalars(
-            select(LedgerEntry)
-            .where(LedgerEntry.task_id == task_id, LedgerEntry.account_id == task.account_id)
-            .order_by(LedgerEntry.id)
+            select(LedgerEntry).where(LedgerEntry.task_id == task_id).order_by(LedgerEntry.id)
         )
         charges = [
             {"kind": entry.kind, "amount": entry.amount, "created_at": entry.created_at}
