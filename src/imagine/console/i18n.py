@@ -122,4 +122,4 @@ def update_catalog(language: str) -> list[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as out:
         write_po(out, catalog, width=100, sort_output=True, ignore_obsolete=True)
-    return [m.id for m in catalog if m.id and not m.string]
+    return [str(m.id) for m in catalog if m.id and not m.string]
