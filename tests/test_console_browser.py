@@ -227,7 +227,7 @@ def test_a_generated_video_plays_in_the_playground(
     expect(video).to_have_count(1)
     src = video.get_attribute("src")
     assert src is not None and src.startswith(f"{console.url}/")
-    expect(live.get_by_role("link", name="Download the video")).to_have_attribute("href", src)
+    expect(live.get_by_role("link", name="Download video 1")).to_have_attribute("href", src)
 
     video.evaluate("video => { video.muted = true; return video.play(); }")
     page.wait_for_function("video => video.currentTime > 0.2", arg=video.element_handle())
