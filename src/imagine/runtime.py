@@ -13,8 +13,7 @@ from imagine.api.ratelimit import RateLimiter
 from imagine.api.services import Services
 from imagine.db.database import Database
 from imagine.db.schema import ensure_current
-from imagine.engines.preview import PreviewEngine
-from imagine.engines.registry import create_engine
+from imagine.engines.registry import create_engine, preview_engine
 from imagine.media.fetch import ImageFetcher
 from imagine.queue.worker import Worker, WorkerConfig
 from imagine.settings import Settings
@@ -34,7 +33,7 @@ def build_services(settings: Settings) -> Services:
         storage=storage,
         engine=engine,
         # Test keys' tasks always run on the preview engine, whatever serves live keys.
-        test_engine=engine if engine.name == "preview" else PreviewEngine(),
+        test_engine=engine if engine.name == "preview" else preview_engine(settings),
         limiter=RateLimiter.from_url(settings.redis_url),
         inputs=InputStore(storage),
         webhook_secrets=SecretBox.for_settings(settings),

@@ -13,6 +13,7 @@ import pydantic_settings
 from pydantic import (
     AliasChoices,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -56,6 +57,11 @@ class Settings(BaseSettings):
     engine: Literal["preview", "xai", "diffusers", "auto"] = Field(
         default="preview",
         description="preview | xai | diffusers | auto (xai when XAI_API_KEY is set, else preview).",
+    )
+    preview_font: FilePath | None = Field(
+        default=None,
+        description="A TrueType/OpenType font the preview engine's captions try first for "
+        "each character; the fonts shipped in the package draw what it lacks.",
     )
 
     cost_per_generation: int = Field(default=40, ge=0, le=MAX_BALANCE)
