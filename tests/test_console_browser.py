@@ -439,3 +439,43 @@ def test_at_375_px_nothing_overflows_and_the_playground_works_by_keyboard(
     page.goto("/")
     expect(page.locator("td.prompt").first).to_have_text("a paper boat on a pond")
     assert_no_sideways_scroll(page)  # with a recent task
+
+
+def test_the_korean_playground_is_drawn_with_the_shipped_font(
+    console: RunningServer, new_context: NewContext, tmp_path: Path
+) -> None:
+    """Korean is chosen from the browser's language, drawn with the vendored Noto
+    Sans CJK (not a system font: Chromium's own record of the glyphs' font), and
+    the language switch is remembered."""
+    issued = new_key(console)
+    context = new_context(console, locale="ko-KR")
+    page = context.new_page()
+    page.goto("/signin")
+    page.get_by_label("API 키").fill(issued.key)
+    page.get_by_role("button", name="로그인").click()
+    heading = page.get_by_role("heading", level=1)
+    expect(heading).to_have_text("개요")
+    page.goto("/playground")
+    expect(heading).to_have_text("플레이그라운드")
+    assert page.evaluate("document.documentElement.lang") == "ko"
+    page.evaluate("async () => { await document.fonts.load('16px \"Imagine CJK\"', '가'); }")
+    page.screenshot(path=str(tmp_path / "playground-ko.png"), full_page=True)
+    assert (tmp_path / "playground-ko.png").stat().st_size > 10_000
+
+    devtools = context.new_cdp_session(page)
+    devtools.send("DOM.enable")
+    devtools.send("CSS.enable")
+    root = devtools.send("DOM.getDocument")["root"]["nodeId"]
+    for selector in ("h1", "label[for=prompt]", "#submit"):
+        node = devtools.send("DOM.querySelector", {"nodeId": root, "selector": selector})
+        fonts = devtools.send("CSS.getPlatformFontsForNode", {"nodeId": node["nodeId"]})["fonts"]
+        hangul = [font for font in fonts if font["familyName"].startswith("Noto Sans CJK")]
+        assert hangul and all(font["isCustomFont"] for font in hangul), (selector, fonts)
+        assert sum(font["glyphCount"] for font in hangul) >= 2, (selector, fonts)
+
+    page.get_by_role("navigation", name="언어").get_by_role("link", name="English").click()
+    expect(heading).to_have_text("Playground")
+    page.reload()
+    expect(heading).to_have_text("Playground")  # remembered, whatever the browser asks for
+    page.get_by_role("navigation", name="Language").get_by_role("link", name="한국어").click()
+    expect(heading).to_have_text("플레이그라운드")
