@@ -37,6 +37,7 @@ __all__ = [
     "VideoWriteError",
     "probe_mp4",
     "read_frame",
+    "sample_frames",
     "to_yuv420p",
     "yuv420p_planes",
 ]
@@ -292,6 +293,32 @@ def read_frame(path: Path, index: int = 0) -> Frame:
             if number == index:
                 return np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
     raise IndexError(f"{path} has no frame {index}")
+
+
+def sample_frames(path: Path, count: int) -> list[Frame]:
+    """`count` RGB frames spread evenly over `path` (the first, the last and
+    between), or every frame of a shorter video.
+
+    Decodes in one pass: an engine's clips have few keyframes, so seeking
+    would decode from the same keyframe again for each sample.
+    """
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        total = stream.frames or 0
+        if total <= 0:  # the header does not say: count first
+            total = sum(1 for _ in container.decode(stream))
+            container.seek(0)
+        if total <= 0:
+            return []
+        wanted = sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)})
+        frames: list[Frame] = []
+        for number, frame in enumerate(container.decode(stream)):
+            if number == wanted[len(frames)]:
+                frames.append(np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8))
+                if len(frames) == len(wanted):
+                    break
+        return frames
 
 
 def _check_even(width: int, height: int) -> None:

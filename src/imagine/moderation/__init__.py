@@ -1,0 +1,60 @@
+"""Content moderation (docs/moderation.md): the policy per mode, its checks, the
+stage the worker runs around every engine, and the record of refusals."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+from imagine.moderation.classifiers import MissingExtra
+from imagine.moderation.endpoint import ModerationEndpoint
+from imagine.moderation.moderator import ContentRefused, Moderator, Refusal
+from imagine.moderation.policy import Policy, load_policy
+from imagine.settings import Settings, SettingsError
+
+__all__ = ["ContentRefused", "Moderator", "Policy", "Refusal", "build_moderator"]
+
+log = logging.getLogger("imagine.moderation")
+
+
+def build_moderator(settings: Settings) -> Moderator | None:
+    """The process's moderator from the settings, or None when moderation is off.
+
+    The policy and its lists are read and checked here, in every process, so a
+    bad file stops the start; models load later, in `Moderator.prepare`. The
+    built-in policy runs without the text classifier when its extra is not
+    installed (with a warning); an operator's own policy that names a check
+    whose package is missing is an error.
+    """
+    if not settings.moderation:
+        return None
+    try:
+        policy = load_policy(
+            settings.moderation_policy,
+            operator_words=settings.moderation_words,
+            operator_hashes=settings.moderation_image_hashes,
+        )
+        if (
+            settings.moderation_policy is None
+            and policy.uses_text_classifier
+            and importlib.util.find_spec("profanity_check") is None
+        ):
+            log.warning(
+                "moderation: the text classifier is not installed "
+                "(pip install 'imagine[moderation]'); prompts are checked by the word lists only"
+            )
+            policy = policy.without_text_classifier()
+        endpoint = None
+        if settings.moderation_endpoint_url:
+            key = settings.moderation_endpoint_key
+            endpoint = ModerationEndpoint(
+                settings.moderation_endpoint_url,
+                api_key=key.get_secret_value() if key else None,
+                model=settings.moderation_endpoint_model,
+                timeout=settings.moderation_endpoint_timeout_seconds,
+            )
+        return Moderator(
+            policy, endpoint=endpoint, endpoint_fail_open=settings.moderation_endpoint_fail_open
+        )
+    except (ValueError, MissingExtra) as exc:
+        raise SettingsError(f"invalid configuration: {exc}") from None
