@@ -35,6 +35,12 @@ _CONFUSABLES = {
     "œ": "oe", "ſ": "s",
 }  # fmt: skip
 
+# Capitals whose small letters look different (Greek Ν is N, its ν looks like v),
+# mapped before case folding.
+_CAPITAL_CONFUSABLES = str.maketrans(
+    "ΑΒΕΖΗΙΚΜΝΟΡΤΥΧАВЕКМНОРСТХУЅІЈ", "ABEZHIKMNOPTYXABEKMHOPCTXYSIJ"
+)
+
 # Digits and symbols that stand for letters inside a word (`n4k3d`, `$hit`).
 # "1", "!" and "|" read as "i"; `WordList` also tries them as "l".
 _LEET = {
@@ -68,7 +74,7 @@ class FoldedText:
 
 
 def _fold_chars(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold()
+    text = unicodedata.normalize("NFKC", text).translate(_CAPITAL_CONFUSABLES).casefold()
     # Decompose to drop combining marks (NÄKED, nakéd); format characters such as
     # zero-width spaces and soft hyphens vanish, so `na\u200bked` is one word.
     decomposed = unicodedata.normalize("NFKD", text)
