@@ -398,6 +398,11 @@ class Settings(BaseSettings):
         description="Comma-separated files of perceptual hashes of known images: the "
         "policy's `operator` hash list.",
     )
+    moderation_image_classifier: str = Field(
+        default="nudenet",
+        description="The image classifier a policy's image_classes use: nudenet (the "
+        "moderation-nudenet extra; AGPL-3.0, see docs/moderation.md) or package.module:factory.",
+    )
     moderation_endpoint_url: str | None = Field(
         default=None,
         description="An OpenAI-style moderations URL (…/v1/moderations) the policy may ask.",

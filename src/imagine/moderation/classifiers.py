@@ -8,17 +8,19 @@
   exposed and covered body parts, one score per class.
 
 Each loads its model once per process, the first time a worker needs it
-(`load_text_classifier` and `load_image_classifier` are cached), and is
-called from a worker thread, never on the event loop. Anything with the
-same small interface plugs in instead (`Moderator` takes them as arguments).
+(the loaders are cached), and is called from a worker thread, never on the
+event loop. Another image classifier with the same small interface plugs in
+by name: `IMAGINE_MODERATION_IMAGE_CLASSIFIER=package.module:factory`.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import threading
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, cast
 
 import numpy as np
 from PIL import Image
@@ -28,7 +30,7 @@ __all__ = [
     "ImageClassifier",
     "MissingExtra",
     "TextClassifier",
-    "load_image_classifier",
+    "image_classifier_loader",
     "load_text_classifier",
     "require",
 ]
@@ -144,8 +146,12 @@ def _profanity_check() -> ProfanityCheck:
 
 
 @functools.cache
-def _nudenet() -> NudeNet:
-    return NudeNet()
+def _image_classifier(spec: str) -> ImageClassifier:
+    if spec == "nudenet":
+        return NudeNet()
+    module, _, name = spec.partition(":")
+    factory = getattr(importlib.import_module(module), name)
+    return cast(ImageClassifier, factory())
 
 
 def load_text_classifier() -> TextClassifier:
@@ -154,7 +160,28 @@ def load_text_classifier() -> TextClassifier:
         return _profanity_check()
 
 
-def load_image_classifier() -> ImageClassifier:
-    """The process's image classifier, loaded on the first call."""
-    with _loading:
-        return _nudenet()
+def image_classifier_loader(spec: str) -> Callable[[], ImageClassifier]:
+    """A loader of the image classifier named `spec` (`nudenet`, or
+    `package.module:factory` for a callable returning an `ImageClassifier`),
+    which loads it once per process on its first call. Only checks here that
+    it can be imported: ValueError or MissingExtra otherwise."""
+    if spec == "nudenet":
+        require("nudenet", "the image classifier")
+    else:
+        module, _, name = spec.partition(":")
+        if not module or not name.isidentifier():
+            raise ValueError(
+                f"image classifier {spec!r}: expected nudenet or package.module:factory"
+            )
+        try:
+            found = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            found = None
+        if found is None:
+            raise ValueError(f"image classifier {spec!r}: no module named {module!r}")
+
+    def load() -> ImageClassifier:
+        with _loading:
+            return _image_classifier(spec)
+
+    return load

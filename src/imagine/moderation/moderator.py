@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,13 +30,12 @@ from imagine.media.video import sample_frames
 from imagine.moderation.classifiers import (
     ImageClassifier,
     TextClassifier,
-    load_image_classifier,
+    image_classifier_loader,
     load_text_classifier,
-    require,
 )
 from imagine.moderation.endpoint import EndpointUnavailable, EndpointVerdict, ModerationEndpoint
 from imagine.moderation.hashes import image_hash
-from imagine.moderation.policy import InputChecks, OutputChecks, Policy
+from imagine.moderation.policy import InputChecks, OutputChecks, Policy, check_classes
 from imagine.moderation.text import fold
 
 __all__ = ["ContentRefused", "Moderator", "Refusal"]
@@ -83,7 +82,8 @@ class _Picture:
 
 class Moderator:
     """One per process, shared by its workers: the policy, and the classifiers
-    it needs, each loaded once (`prepare`, or on first use)."""
+    it needs, each loaded once (`prepare`, or on first use) by the loaders
+    given (`build_moderator` checks beforehand that they can be imported)."""
 
     def __init__(
         self,
@@ -91,35 +91,16 @@ class Moderator:
         *,
         endpoint: ModerationEndpoint | None = None,
         endpoint_fail_open: bool = False,
-        text_classifier: TextClassifier | None = None,
-        image_classifier: ImageClassifier | None = None,
+        text_classifier: Callable[[], TextClassifier] = load_text_classifier,
+        image_classifier: Callable[[], ImageClassifier] | None = None,
     ) -> None:
         self.policy = policy
         self.endpoint = endpoint
         self.endpoint_fail_open = endpoint_fail_open
-        self._text_classifier = text_classifier
-        self._image_classifier = image_classifier
-        if policy.uses_image_hashes:
-            require("imagehash", "the policy's image hash lists")
-        if policy.uses_text_classifier and text_classifier is None:
-            require("profanity_check", "the policy's text_classifier")
-        if policy.uses_image_classifier:
-            if image_classifier is None:
-                require("nudenet", "the policy's image_classes")
-            self._check_classes(image_classifier)
-
-    def _check_classes(self, classifier: ImageClassifier | None) -> None:
-        from imagine.moderation.classifiers import NUDENET_CLASSES
-
-        known = classifier.classes if classifier is not None else NUDENET_CLASSES
-        for name, mode in self.policy.modes.items():
-            for stage, checks in (("input", mode.input), ("output", mode.output)):
-                unknown = sorted(set(checks.image_classes) - known)
-                if unknown:
-                    raise ValueError(
-                        f"moderation policy {self.policy.source}: modes.{name}.{stage}."
-                        f"image_classes names unknown classes {unknown}; known: {sorted(known)}"
-                    )
+        self._load_text = text_classifier
+        self._load_image = image_classifier
+        self._text: TextClassifier | None = None
+        self._image: ImageClassifier | None = None
 
     def prepare(self) -> None:
         """Load the classifiers the policy uses (in worker processes only)."""
@@ -129,14 +110,17 @@ class Moderator:
             self.image_classifier()
 
     def text_classifier(self) -> TextClassifier:
-        if self._text_classifier is None:
-            self._text_classifier = load_text_classifier()
-        return self._text_classifier
+        if self._text is None:
+            self._text = self._load_text()
+        return self._text
 
     def image_classifier(self) -> ImageClassifier:
-        if self._image_classifier is None:
-            self._image_classifier = load_image_classifier()
-        return self._image_classifier
+        if self._image is None:
+            load = self._load_image or image_classifier_loader("nudenet")
+            classifier = load()
+            check_classes(self.policy, classifier.classes)
+            self._image = classifier
+        return self._image
 
     async def aclose(self) -> None:
         if self.endpoint is not None:

@@ -30,6 +30,7 @@ __all__ = [
     "ModePolicy",
     "OutputChecks",
     "Policy",
+    "check_classes",
     "load_policy",
 ]
 
@@ -185,6 +186,18 @@ def load_policy(
             _check_names(where, f"modes.{mode}.{stage}.hash_lists", named, hashes)
     modes = {mode: parsed.modes.get(mode) or parsed.modes["normal"] for mode in MODES}
     return Policy(source, modes, words, hashes)
+
+
+def check_classes(policy: Policy, known: frozenset[str]) -> None:
+    """ValueError unless every `image_classes` key is a class the classifier has."""
+    for name, mode in policy.modes.items():
+        for stage, checks in (("input", mode.input), ("output", mode.output)):
+            unknown = sorted(set(checks.image_classes) - known)
+            if unknown:
+                raise ValueError(
+                    f"moderation policy {policy.source}: modes.{name}.{stage}.image_classes "
+                    f"names unknown classes {unknown}; the classifier has {sorted(known)}"
+                )
 
 
 def _check_names(where: str, key: str, names: Sequence[str], known: Mapping[str, object]) -> None:
