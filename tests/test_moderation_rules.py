@@ -1,6 +1,6 @@
 """The content policy's parts on their own: folding prompts for the word lists,
 perceptual hashes across resizing and re-encoding, the policy file's checks,
-and how an endpoint's answer is judged."""
+how an endpoint's answer is judged, and which frames of a video are sampled."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imagine.media.video import Mp4Writer, sample_frames
 from imagine.moderation.endpoint import EndpointVerdict
 from imagine.moderation.hashes import HashList, KnownImage, image_hash, read_hash_list
 from imagine.moderation.moderator import _decisive
@@ -133,6 +134,7 @@ def _policy_file(tmp_path: Path, body: str) -> Path:
         ("[modes.normal]\n[modes.weird]\n", "unknown modes"),
         ("[word_lists]\noperator = 'x.txt'\n[modes.normal]\n", "set by the settings"),
         ("[word_lists]\nmine = 'absent.txt'\n[modes.normal]\n", "absent.txt"),
+        ("[word_lists]\nmine = 'builtin:nothing'\n[modes.normal]\n", "nothing.txt"),
         ("[modes.normal.output]\nword_lists = ['operator']\n", "word_lists"),
         ("modes = [", "moderation policy"),
     ],
@@ -154,8 +156,8 @@ def test_modes_a_policy_leaves_out_follow_normal_and_lists_resolve_beside_it(
     policy = load_policy(
         _policy_file(
             tmp_path,
-            "[word_lists]\nmine = 'mine.txt'\n"
-            "[modes.normal.input]\nword_lists = ['mine', 'operator']\n",
+            "[word_lists]\nmine = 'mine.txt'\nexplicit = 'builtin:explicit'\n"
+            "[modes.normal.input]\nword_lists = ['mine', 'operator', 'explicit']\n",
         ),
         operator_words=[operator],
     )
@@ -163,6 +165,7 @@ def test_modes_a_policy_leaves_out_follow_normal_and_lists_resolve_beside_it(
         assert policy.for_mode(mode) == policy.for_mode("normal")
     assert policy.word_lists["mine"].match(fold("a Zebra Crossing")) == "zebra crossing"
     assert policy.word_lists["operator"].match(fold("an 0kapi")) == "okapi"
+    assert policy.word_lists["explicit"].match(fold("N U D E S")) == "nude*"
     assert read_entries(operator) == ["okapi"]
 
 
@@ -189,3 +192,17 @@ def test_the_endpoints_answer_refuses_on_flagged_or_on_the_modes_thresholds() ->
     assert list(_decisive([verdict], {"sexual": 0.6})) == [("sexual", 0.7)]
     calm = EndpointVerdict(flagged=False, categories={}, scores={"sexual": 0.01})
     assert list(_decisive([calm], {})) == []
+
+
+def test_sampled_frames_spread_over_the_clip_from_first_to_last(tmp_path: Path) -> None:
+    """Each frame's grey level is its number, so the samples tell where they came from."""
+    path = tmp_path / "ramp.mp4"
+    total = 48
+    with Mp4Writer(path, 64, 64, fps=24) as writer:
+        for number in range(total):
+            writer.write_rgb(np.full((64, 64, 3), number * 5, dtype=np.uint8))
+    numbers = [round(float(frame.mean()) / 5) for frame in sample_frames(path, 4)]
+    assert numbers[0] == 0 and numbers[-1] == total - 1
+    for got, step in zip(numbers[1:-1], (16, 32), strict=True):
+        assert step <= got <= step + 3, numbers
+    assert [round(float(f.mean()) / 5) for f in sample_frames(path, 1)] == [0]

@@ -296,28 +296,35 @@ def read_frame(path: Path, index: int = 0) -> Frame:
 
 
 def sample_frames(path: Path, count: int) -> list[Frame]:
-    """`count` RGB frames spread evenly over `path` (the first, the last and
-    between), or every frame of a shorter video.
+    """About `count` RGB frames spread evenly over `path`: the first, the last,
+    and the first decoded at or after each even step between.
 
-    Decodes in one pass: an engine's clips have few keyframes, so seeking
-    would decode from the same keyframe again for each sample.
+    Decodes in one pass, skipping frames no other frame refers to (H.264's
+    non-reference B-frames, about half of an engine's clip): a sample lands
+    at most a frame or two from the even step. Seeking would not help, since
+    an engine's short clips have one keyframe or few.
     """
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        total = stream.frames or 0
-        if total <= 0:  # the header does not say: count first
-            total = sum(1 for _ in container.decode(stream))
-            container.seek(0)
-        if total <= 0:
-            return []
-        wanted = sorted({round(i * (total - 1) / max(count - 1, 1)) for i in range(count)})
+        stream.codec_context.skip_frame = "NONREF"
+        if stream.duration is not None and stream.time_base is not None:
+            length = float(stream.duration * stream.time_base)
+        else:
+            length = (container.duration or 0) / av.time_base
+        steps = [length * i / (count - 1) for i in range(count)] if count > 1 else [0.0]
+        during = max(count - 1, 1)  # the last sample is the last frame, known at the end
         frames: list[Frame] = []
+        last: Any = None
         for number, frame in enumerate(container.decode(stream)):
-            if number == wanted[len(frames)]:
+            last = frame
+            at = frame.time if frame.time is not None else number / float(stream.average_rate or 24)
+            if len(frames) < during and at >= steps[len(frames)]:
                 frames.append(np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8))
-                if len(frames) == len(wanted):
+                if len(frames) == count:
                     break
+        if last is not None and len(frames) < count:
+            frames.append(np.asarray(last.to_ndarray(format="rgb24"), dtype=np.uint8))
         return frames
 
 

@@ -79,7 +79,10 @@ async def list_refusals(
     ] = None,
     false_positive: Annotated[
         bool | None,
-        Query(description="Only refusals marked (true) or not marked (false) false positives"),
+        Query(
+            description="Only refusals marked (true) or not marked (false) false positives",
+            openapi_examples=examples(True),
+        ),
     ] = None,
 ) -> JSONResponse:
     """Refused tasks, newest first: the stage (input, output, or the engine's own

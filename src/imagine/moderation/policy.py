@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.toml")
+BUILTIN_LISTS = Path(__file__).with_name("lists")
+"""Lists that ship with Imagine, named `builtin:<name>` in a policy file."""
 OPERATOR = "operator"
 """The list name every policy has: the files named in the settings."""
 
@@ -169,12 +171,16 @@ def load_policy(
             raise ValueError(f"{where}: {kind}.{OPERATOR} is set by the settings, not the file")
     base = source.parent
     words = {
-        name: WordList(name, read_entries(base / file)) for name, file in parsed.word_lists.items()
+        name: WordList(name, read_entries(_list_path(base, file)))
+        for name, file in parsed.word_lists.items()
     }
     words[OPERATOR] = WordList(
         OPERATOR, [entry for file in operator_words for entry in read_entries(file)]
     )
-    hashes = {name: read_hash_list(name, base / file) for name, file in parsed.hash_lists.items()}
+    hashes = {
+        name: read_hash_list(name, _list_path(base, file))
+        for name, file in parsed.hash_lists.items()
+    }
     hashes[OPERATOR] = HashList(
         OPERATOR,
         [image for file in operator_hashes for image in read_hash_list(OPERATOR, file).images],
@@ -186,6 +192,14 @@ def load_policy(
             _check_names(where, f"modes.{mode}.{stage}.hash_lists", named, hashes)
     modes = {mode: parsed.modes.get(mode) or parsed.modes["normal"] for mode in MODES}
     return Policy(source, modes, words, hashes)
+
+
+def _list_path(base: Path, value: str) -> Path:
+    """A list's file: `builtin:<name>` for one that ships with Imagine, else a
+    path relative to the policy file."""
+    if value.startswith("builtin:"):
+        return BUILTIN_LISTS / f"{value.removeprefix('builtin:')}.txt"
+    return base / value
 
 
 def check_classes(policy: Policy, known: frozenset[str]) -> None:
