@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -616,3 +616,22 @@ def test_the_stub_checks_the_key(stub: ModerationStub) -> None:
         stub.url, json={"input": "harmful"}, headers={"Authorization": f"Bearer {ENDPOINT_KEY}"}
     )
     assert right.json()["results"][0]["flagged"] is True
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_refusals_are_recorded_and_reviewed_on_postgresql(
+    server_factory: Callable[..., RunningServer],
+) -> None:
+    server = server_factory()
+    issued = server.new_key(credits=1000)
+    with server.client(issued.key) as client:
+        task_id = submit(client, "a N.U.D.E statue")
+        assert wait_for_task(client, task_id)["error_message"] == REFUSED
+        assert client.get("/v1/account").json()["data"]["balance"] == 1000
+    with server.client(server.new_admin_key().key) as admin:
+        (refusal,) = admin.get("/v1/admin/moderation").json()["data"]["refusals"]
+        assert (refusal["task_id"], refusal["rule"]) == (task_id, "explicit: nude*")
+        reviewed = admin.post(
+            f"/v1/admin/moderation/{refusal['refusal_id']}/review", json={"false_positive": True}
+        )
+        assert reviewed.json()["data"]["false_positive"] is True
