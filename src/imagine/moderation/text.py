@@ -156,14 +156,17 @@ class WordList:
 
     Words and phrases are folded as prompts are and match whole words only;
     regexes are searched in the folded text (`FoldedText.readable`), so they
-    see lower-case Latin letters and single spaces.
+    see lower-case Latin letters and single spaces. Entries are indexed (by
+    the word, the prefix, a phrase's first word), so a long list costs about
+    what a short one does; regexes are tried one by one.
     """
 
     def __init__(self, name: str, entries: Iterable[str]) -> None:
         self.name = name
         self._words: dict[str, str] = {}
-        self._prefixes: list[_Phrase] = []
-        self._phrases: list[_Phrase] = []
+        self._prefixes: dict[str, str] = {}
+        self._prefix_lengths: set[int] = set()
+        self._phrases: dict[str, list[_Phrase]] = {}
         self._regexes: list[tuple[re.Pattern[str], str]] = []
         for entry in entries:
             self._add(entry)
@@ -179,32 +182,41 @@ class WordList:
         words = fold(entry.rstrip("*")).words
         if not words:
             raise ValueError(f"list {self.name!r}: entry {entry!r} has no letters")
-        phrase = _Phrase(words, prefix, entry)
-        if prefix:
-            self._prefixes.append(phrase)
-        elif len(words) == 1:
-            self._words.setdefault(words[0], entry)
+        if len(words) > 1:
+            self._phrases.setdefault(words[0], []).append(_Phrase(words, prefix, entry))
+        elif prefix:
+            self._prefixes.setdefault(words[0], entry)
+            self._prefix_lengths.add(len(words[0]))
         else:
-            self._phrases.append(phrase)
+            self._words.setdefault(words[0], entry)
 
     def __len__(self) -> int:
-        return len(self._words) + len(self._prefixes) + len(self._phrases) + len(self._regexes)
+        phrases = sum(len(group) for group in self._phrases.values())
+        return len(self._words) + len(self._prefixes) + phrases + len(self._regexes)
+
+    def _word(self, word: str) -> str | None:
+        """The entry a single word matches: itself, or a prefix of it."""
+        found = self._words.get(word)
+        if found is None:
+            for length in self._prefix_lengths:
+                if length <= len(word) and (found := self._prefixes.get(word[:length])):
+                    break
+        return found
 
     def match(self, text: FoldedText) -> str | None:
         """The first entry `text` contains, as the operator wrote it, or None."""
         for words in text.variants:
-            for word in words:
-                if word in self._words:
-                    return self._words[word]
-            for phrase in (*self._phrases, *self._prefixes):
-                if _contains(words, phrase):
-                    return phrase.entry
+            for start, word in enumerate(words):
+                found = self._word(word)
+                if found is not None:
+                    return found
+                for phrase in self._phrases.get(word, ()):
+                    if _phrase_at(words, start, phrase):
+                        return phrase.entry
         for word in text.trimmed:
-            if word in self._words:
-                return self._words[word]
-            for phrase in self._prefixes:
-                if len(phrase.words) == 1 and word.startswith(phrase.words[0]):
-                    return phrase.entry
+            found = self._word(word)
+            if found is not None:
+                return found
         readable = text.readable
         for pattern, entry in self._regexes:
             if pattern.search(readable):
@@ -212,16 +224,12 @@ class WordList:
         return None
 
 
-def _contains(words: tuple[str, ...], phrase: _Phrase) -> bool:
-    size = len(phrase.words)
-    head, last = phrase.words[:-1], phrase.words[-1]
-    for start in range(len(words) - size + 1):
-        if words[start : start + size - 1] != head:
-            continue
-        candidate = words[start + size - 1]
-        if candidate == last or (phrase.prefix and candidate.startswith(last)):
-            return True
-    return False
+def _phrase_at(words: tuple[str, ...], start: int, phrase: _Phrase) -> bool:
+    end = start + len(phrase.words)
+    if end > len(words) or words[start : end - 1] != phrase.words[:-1]:
+        return False
+    last, candidate = phrase.words[-1], words[end - 1]
+    return candidate == last or (phrase.prefix and candidate.startswith(last))
 
 
 def read_entries(path: Path) -> list[str]:
