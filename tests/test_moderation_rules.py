@@ -4,19 +4,23 @@ how an endpoint's answer is judged, and which frames of a video are sampled."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from imagine.media.video import Mp4Writer, sample_frames
+from imagine.moderation import build_moderator
 from imagine.moderation.endpoint import EndpointVerdict
 from imagine.moderation.hashes import HashList, KnownImage, image_hash, read_hash_list
 from imagine.moderation.moderator import _decisive
 from imagine.moderation.policy import DEFAULT_POLICY, load_policy
 from imagine.moderation.text import WordList, fold, read_entries
+from imagine.settings import SettingsError, load_settings
 
 LIST = WordList(
     "house",
@@ -206,3 +210,23 @@ def test_sampled_frames_spread_over_the_clip_from_first_to_last(tmp_path: Path) 
     for got, step in zip(numbers[1:-1], (16, 32), strict=True):
         assert step <= got <= step + 3, numbers
     assert [round(float(f.mean()) / 5) for f in sample_frames(path, 1)] == [0]
+
+
+def test_without_the_extra_the_built_in_policy_keeps_its_word_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As on an install without `imagine[moderation]`: the text classifier's
+    package cannot be found."""
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name: str, *args: Any) -> Any:
+        return None if name == "profanity_check" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    moderator = build_moderator(load_settings(data_dir=tmp_path))
+    assert moderator is not None and not moderator.policy.uses_text_classifier
+    assert moderator.policy.for_mode("normal").input.word_lists == ("explicit", "operator")
+    own = tmp_path / "policy.toml"
+    own.write_text("[modes.normal.input]\ntext_classifier = 0.8\n")
+    with pytest.raises(SettingsError, match=r"imagine\[moderation\]"):
+        build_moderator(load_settings(data_dir=tmp_path, moderation_policy=own))
