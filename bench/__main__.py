@@ -1,9 +1,9 @@
 """`python -m bench`: the service's hot paths as ratios to a baseline measured in
 the same run, submit-to-claim latency, preview engine speed, growth, and the
-console's pages with 10,000 tasks in the account.
+console's pages with 10,000 tasks in the account, and the moderation stage.
 
     python -m bench [--seconds 10] [--connections 64] [--postgres] [--big 1000000]
-        [--skip http claim preview growth console]
+        [--skip http claim preview growth console moderation]
 
 Prints Markdown tables (the ones in BENCHMARKS.md). Needs `wrk` (Debian). The
 console section alone: `python -m bench.console [--postgres]`.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import console, growth, latency, servers
+from bench import console, growth, latency, moderation, servers
 from bench.load import LoadResult, wrk
 from imagine.engines.base import GenerationJob, JobControl
 from imagine.engines.preview import PreviewEngine
@@ -128,7 +128,10 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
     parser.add_argument("--big", type=int, default=1_000_000, help="tasks in the large database")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["http", "claim", "preview", "growth", "console"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["http", "claim", "preview", "growth", "console", "moderation"],
     )
     args = parser.parse_args()
 
@@ -163,6 +166,8 @@ def main() -> None:
         print()
     if "console" not in args.skip:
         print(console.run(postgres=args.postgres))
+    if "moderation" not in args.skip:
+        print(f"\n{moderation.run()}")
 
 
 if __name__ == "__main__":

@@ -172,3 +172,84 @@ class CountingListener:
         self._stop.set()
         self._thread.join()
         self.sock.close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (the slow answer's caller) is expected here."""
+
+
+class ModerationStub:
+    """OpenAI's `POST /v1/moderations` on loopback, from its documented protocol.
+
+    Flags any input whose text contains `FLAGGED_WORD` (category `violence`),
+    records every request, and on cue answers slowly (`slow = True`) or is
+    down: `down()` closes the listening socket (connections are refused) and
+    `up()` opens it again on the same port.
+    """
+
+    FLAGGED_WORD = "harmful"
+
+    def __init__(self, key: str, delay: float = 3.0) -> None:
+        self.key = key
+        self.delay = delay
+        self.slow = False
+        self.requests: list[dict[str, Any]] = []
+        self.port = 0
+        self._httpd: _QuietServer | None = None
+        self.up()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/moderations"
+
+    @property
+    def is_up(self) -> bool:
+        return self._httpd is not None
+
+    def up(self) -> None:
+        stub = self
+
+        class Handler(_Quiet):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.path != "/v1/moderations":
+                    self.reply(404, b"{}")
+                    return
+                if self.headers.get("Authorization") != f"Bearer {stub.key}":
+                    self.reply(401, b'{"error": {"message": "Incorrect API key provided"}}')
+                    return
+                request = json.loads(body)
+                stub.requests.append(request)
+                if stub.slow:
+                    threading.Event().wait(stub.delay)
+                self.reply(200, json.dumps(stub.verdict(request)).encode())
+
+        httpd = _QuietServer(("127.0.0.1", self.port), Handler)
+        httpd.daemon_threads = True
+        self.port = int(httpd.server_address[1])
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        self._httpd = httpd
+
+    def down(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def verdict(self, request: dict[str, Any]) -> dict[str, Any]:
+        given = request["input"]
+        parts = given if isinstance(given, list) else [{"type": "text", "text": given}]
+        text = " ".join(part.get("text", "") for part in parts if part["type"] == "text")
+        flagged = self.FLAGGED_WORD in text.lower()
+        return {
+            "id": f"modr-{len(self.requests)}",
+            "model": request.get("model", "omni-moderation-latest"),
+            "results": [
+                {
+                    "flagged": flagged,
+                    "categories": {"violence": flagged, "sexual": False},
+                    "category_scores": {"violence": 0.93 if flagged else 0.01, "sexual": 0.002},
+                }
+            ],
+        }

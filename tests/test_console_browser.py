@@ -338,8 +338,10 @@ class Tour:
 def tour(console: RunningServer) -> Tour:
     user = new_key(console)
     task_id = submit_task(console, user.key, "a red kite over the hills")
+    refused = submit_task(console, user.key, "n a k e d")  # for the moderation page
     with console.client(user.key) as client:
         assert wait_for_task(client, task_id, timeout=TASK_MS / 1000)["status"] == "completed"
+        assert wait_for_task(client, refused, timeout=TASK_MS / 1000)["status"] == "failed"
     return Tour(user=user, operator=new_key(console, admin=True), task_id=task_id)
 
 
@@ -382,7 +384,12 @@ def test_every_page_is_same_origin_clean_and_accessible(
 
     operator = sign_in(new_context(console, color_scheme=scheme), tour.operator.key)
     watch.attach(operator)
-    for path in ("/admin", f"/admin/accounts/{tour.user.account_id}", "/admin/queue"):
+    for path in (
+        "/admin",
+        f"/admin/accounts/{tour.user.account_id}",
+        "/admin/queue",
+        "/admin/moderation",
+    ):
         problems += visit(operator, watch, path)
 
     assert problems == [], "\n".join(problems)

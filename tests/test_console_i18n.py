@@ -105,6 +105,9 @@ def korean(server: RunningServer) -> Iterator[tuple[httpx.Client, dict[str, str]
             "data"
         ]["task_id"]
         wait_for_task(api, task_id)
+        # A refusal, so the moderation page shows its table.
+        refused = api.post("/v1/generate", json={"prompt": "n a k e d", "duration": 1})
+        wait_for_task(api, refused.json()["data"]["task_id"])
     with server.client(follow_redirects=False, headers=KOREAN) as client:
         assert client.post("/signin", data={"api_key": operator.key}).status_code == 303
         yield client, {"task": task_id, "account": operator.account_id}
@@ -127,6 +130,7 @@ def test_no_console_page_is_left_in_english(
         "/admin",
         f"/admin/accounts/{ids['account']}",
         "/admin/queue",
+        "/admin/moderation",
         "/tasks/task_00000000000000000000000f",  # the error page
     ]
     with httpx.Client(base_url=str(client.base_url), headers=KOREAN) as anonymous:

@@ -20,6 +20,7 @@ from imagine.api.fastpath import FastPaths
 from imagine.api.gate import V1Gate
 from imagine.api.openapi import answers
 from imagine.console import install_console
+from imagine.moderation import endpoints as moderation
 from imagine.runtime import WorkerPool, build_services, prepare_database
 from imagine.settings import Settings
 from imagine.storage import endpoints as files
@@ -65,6 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(account.router)
     app.include_router(webhooks.router)
     app.include_router(admin.router)
+    app.include_router(moderation.router)
     app.include_router(files.router)
     app.include_router(docs.router)
     mount_static(app)

@@ -15,6 +15,7 @@ from imagine.db.database import Database
 from imagine.db.schema import ensure_current
 from imagine.engines.registry import create_engine, preview_engine
 from imagine.media.fetch import ImageFetcher
+from imagine.moderation import build_moderator
 from imagine.queue.worker import Worker, WorkerConfig
 from imagine.settings import Settings
 from imagine.storage import create_storage
@@ -37,6 +38,7 @@ def build_services(settings: Settings) -> Services:
         limiter=RateLimiter.from_url(settings.redis_url),
         inputs=InputStore(storage),
         webhook_secrets=SecretBox.for_settings(settings),
+        moderator=build_moderator(settings),
     )
 
 
@@ -52,6 +54,7 @@ class WorkerPool:
 
     def __init__(self, svc: Services, count: int) -> None:
         settings = svc.settings
+        self.moderator = svc.moderator
         self.fetcher = ImageFetcher(
             max_bytes=settings.image_max_bytes,
             max_pixels=settings.image_max_pixels,
@@ -79,6 +82,7 @@ class WorkerPool:
                 workdir,
                 svc.wakeup,
                 extra_engines=extra,
+                moderator=svc.moderator,
             )
             for _ in range(count)
         ]
@@ -95,6 +99,8 @@ class WorkerPool:
             prepare = getattr(self.workers[0].engine, "prepare", None)
             if prepare is not None:
                 prepare()
+            if self.moderator is not None:
+                self.moderator.prepare()  # its classifiers, once for all the workers
         self._running = [asyncio.create_task(w.run(), name=w.name) for w in self.workers]
         if self.dispatcher is not None:
             self._running.append(
@@ -113,6 +119,8 @@ class WorkerPool:
             self.sweeper.stop()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self.fetcher.aclose()
+        if self.moderator is not None:
+            await self.moderator.aclose()
 
     async def wait(self) -> None:
         await asyncio.gather(*self._running, return_exceptions=True)

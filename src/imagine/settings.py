@@ -386,11 +386,64 @@ class Settings(BaseSettings):
         description="Comma-separated ratios served (fewer sizes: fewer compile warm-ups).",
     )
 
+    # --- Content policy (docs/moderation.md) ----------------------------------
+    moderation: bool = Field(
+        default=True, description="Run the content policy on every task (false: no checks)."
+    )
+    moderation_policy: Path | None = Field(
+        default=None,
+        description="TOML policy file: the checks and thresholds of each mode; default: "
+        "the built-in policy (strict for normal, fun and custom).",
+    )
+    moderation_words: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated word-list files: the policy's `operator` word list.",
+    )
+    moderation_image_hashes: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated files of perceptual hashes of known images: the "
+        "policy's `operator` hash list.",
+    )
+    moderation_image_classifier: str = Field(
+        default="nudenet",
+        description="The image classifier a policy's image_classes use: nudenet (the "
+        "moderation-nudenet extra; AGPL-3.0, see docs/moderation.md) or package.module:factory.",
+    )
+    moderation_endpoint_url: str | None = Field(
+        default=None,
+        description="An OpenAI-style moderations URL (…/v1/moderations) the policy may ask.",
+    )
+    moderation_endpoint_key: SecretStr | None = Field(
+        default=None, description="Bearer key for the moderation endpoint."
+    )
+    moderation_endpoint_model: str | None = Field(
+        default=None, description="The `model` sent to the endpoint; default: none sent."
+    )
+    moderation_endpoint_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=120, description="Time limit of one call to the endpoint."
+    )
+    moderation_endpoint_fail_open: bool = Field(
+        default=False,
+        description="When the endpoint gives no answer, let the task go on (true) or fail it "
+        "with the network error, retried like one (false).",
+    )
+
+    @field_validator("moderation_endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    # --- end of the content policy block --------------------------------------
+
     @field_validator(
         "enabled_modes",
         "webhook_retry_delays",
         "diffusers_resolutions",
         "diffusers_ratios",
+        "moderation_words",
+        "moderation_image_hashes",
         mode="before",
     )
     @classmethod

@@ -482,6 +482,8 @@ def webhooks_secret(
 
 from imagine.cli.client_commands import register as _register_client_commands  # noqa: E402
 from imagine.cli.models import register as _register_model_commands  # noqa: E402
+from imagine.cli.moderation import register as _register_moderation_commands  # noqa: E402
 
 _register_client_commands(app)
 _register_model_commands(app)
+_register_moderation_commands(app)

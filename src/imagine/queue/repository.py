@@ -26,6 +26,8 @@ from imagine.db.database import Database, in_session
 from imagine.db.models import Task, WebhookEvent
 from imagine.failures import FailureReason
 from imagine.ids import new_id, utcnow
+from imagine.moderation.moderator import Refusal
+from imagine.moderation.records import add_refusal
 from imagine.queue.fairness import CLAIM_ORDER
 from imagine.tasks.schemas import GenerationRequest
 from imagine.tasks.states import CANCELLED, COMPLETED, FAILED, PENDING, PROCESSING
@@ -221,9 +223,11 @@ async def fail(
     detail: str,
     *,
     retry_after: float | None,
+    refusal: Refusal | None = None,
 ) -> str | None:
     """End an attempt that failed. With `retry_after` and attempts left, the task
-    goes back to the queue; otherwise it fails for good and is refunded.
+    goes back to the queue; otherwise it fails for good and is refunded, and a
+    content `refusal` is recorded in the same transaction.
     Returns the new status, or None when the lease was already lost."""
     now = utcnow()
     async with db.write() as session:
@@ -240,6 +244,8 @@ async def fail(
             )
             return PENDING if moved else None
         ended = await _end(session, _owned(claimed), FAILED, reason=reason, detail=detail)
+        if ended and refusal is not None:
+            await add_refusal(session, claimed.task_id, refusal)
         return FAILED if ended else None
 
 
