@@ -17,7 +17,7 @@ from imagine.accounts import endpoints as account
 from imagine.accounts import service as accounts
 from imagine.api.envelope import document_errors_as_envelopes, install_error_handlers, success
 from imagine.api.fastpath import FastPaths
-from imagine.api.gate import V1Gate
+from imagine.api.gate import Admission, V1Gate
 from imagine.api.openapi import answers
 from imagine.console import install_console
 from imagine.runtime import WorkerPool, build_services, prepare_database
@@ -33,6 +33,13 @@ log = logging.getLogger("imagine")
 
 def create_app(settings: Settings) -> FastAPI:
     svc = build_services(settings)
+    # One key cache and one set of rate-limit windows for every door.
+    admission = Admission(
+        authenticate=accounts.KeyCache(svc.db, settings.key_cache_seconds).authenticate,
+        limiter=svc.limiter,
+        limit_for_plan=settings.rate_limit_for,
+        fail_open=settings.rate_limit_fail_open,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -85,12 +92,5 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Added first, so it runs inside the gate.
     app.add_middleware(FastPaths, handlers=tasks.fast_handlers(svc))
-    app.add_middleware(
-        V1Gate,
-        authenticate=accounts.KeyCache(svc.db, settings.key_cache_seconds).authenticate,
-        limiter=svc.limiter,
-        limit_for_plan=settings.rate_limit_for,
-        max_body_bytes=settings.body_limit,
-        fail_open=settings.rate_limit_fail_open,
-    )
+    app.add_middleware(V1Gate, admission=admission, max_body_bytes=settings.body_limit)
     return app
