@@ -19,6 +19,7 @@ from imagine.api.envelope import document_errors_as_envelopes, install_error_han
 from imagine.api.fastpath import FastPaths
 from imagine.api.gate import Admission, V1Gate
 from imagine.api.openapi import answers
+from imagine.compat import install_compat, start_grpc
 from imagine.console import install_console
 from imagine.runtime import WorkerPool, build_services, prepare_database
 from imagine.settings import Settings
@@ -33,7 +34,8 @@ log = logging.getLogger("imagine")
 
 def create_app(settings: Settings) -> FastAPI:
     svc = build_services(settings)
-    # One key cache and one set of rate-limit windows for every door.
+    # One key cache and one set of rate-limit windows for every door: /v1, the
+    # OpenAI-compatible routes and the gRPC face.
     admission = Admission(
         authenticate=accounts.KeyCache(svc.db, settings.key_cache_seconds).authenticate,
         limiter=svc.limiter,
@@ -44,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await prepare_database(svc.db, settings)
+        grpc_face = await start_grpc(svc, admission)
         pool = WorkerPool(svc, settings.workers)
         pool.start()
         # Everything built so far lives as long as the process: keep it out of
@@ -53,6 +56,8 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            if grpc_face is not None:
+                await grpc_face.stop()
             await pool.stop()
             await svc.db.dispose()
 
@@ -75,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(files.router)
     app.include_router(docs.router)
     mount_static(app)
+    install_compat(app, svc, admission)
     if settings.console:
         install_console(app, svc)
 
