@@ -15,7 +15,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-QUIET = {"IMAGINE_LOG_LEVEL": "warning", "IMAGINE_RATE_LIMIT_ENTERPRISE": "1000000000"}
+QUIET = {
+    "IMAGINE_LOG_LEVEL": "warning",
+    "IMAGINE_RATE_LIMIT_ENTERPRISE": "1000000000",
+    "IMAGINE_GRPC_PORT": "0",
+}
 
 
 def free_port() -> int:
