@@ -36,7 +36,7 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     # connection. Pings up to once a second are welcome; faster ones still count
     # as abuse (two strikes, then GOAWAY).
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
 ]
 
 SHUTDOWN_GRACE_SECONDS = 5.0

@@ -149,7 +149,7 @@ _ERRORS: dict[str, tuple[int, str, str | None, bool]] = {
     "RATE_LIMITED": (429, "requests", "rate_limit_exceeded", True),
     "SERVICE_UNAVAILABLE": (503, "server_error", "service_unavailable", True),
 }
-_PARAMETER = re.compile(r"^(?:Invalid request: )?The (\w+) (?:parameter|header)|^(images)\[")
+_PARAMETER = re.compile(r"^(?:Invalid request: )?(?:The (\w+) (?:parameter|header)|(images)\[)")
 # Our request's names for what OpenAI's request calls otherwise.
 _OPENAI_NAMES = {"duration": "seconds", "images": "input_reference"}
 
