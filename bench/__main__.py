@@ -1,5 +1,6 @@
 """`python -m bench`: the service's hot paths as ratios to a baseline measured in
-the same run, submit-to-claim latency, preview engine speed, and growth.
+the same run, a gRPC poll against an HTTP one, submit-to-claim latency,
+preview engine speed, and growth.
 
     python -m bench [--seconds 10] [--connections 64] [--postgres] [--big 1000000]
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import growth, latency, servers
+from bench import growth, grpc_poll, latency, servers
 from bench.load import LoadResult, wrk
 from imagine.engines.base import GenerationJob, JobControl
 from imagine.engines.preview import PreviewEngine
@@ -134,13 +135,15 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
     parser.add_argument("--big", type=int, default=1_000_000, help="tasks in the large database")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["http", "claim", "preview", "growth"]
+        "--skip", nargs="*", default=[], choices=["http", "grpc", "claim", "preview", "growth"]
     )
     args = parser.parse_args()
 
     rows: list[tuple[str, str]] = []
     if "http" not in args.skip:
         hot_paths(args, rows)
+    if "grpc" not in args.skip:
+        rows += grpc_poll.compare(args.seconds, args.connections)
     if "claim" not in args.skip:
         env, database = database_env(args.postgres)
         samples = latency.submit_to_claim(env)
