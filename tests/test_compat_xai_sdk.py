@@ -5,23 +5,29 @@ from a program written for api.x.ai."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import re
+import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
 import pytest
 import xai_sdk
-from xai_sdk.proto import video_pb2
+from xai_sdk.proto import deferred_pb2, video_pb2
 from xai_sdk.video import VideoGenerationError
 
+from imagine.compat import grpc_served
 from imagine.compat.grpc_server import MAX_MESSAGE_BYTES
+from imagine.settings import SettingsError, load_settings
 
 from conftest import RunningServer, make_settings, start_server
 from helpers import data_url, decoded_mp4, image_bytes, noise_png
 from loopback_doubles import Http2CutProxy
-from processes import free_port
+from processes import ImagineProcess, ServeProcess, free_port
 
 MODEL = "grok-imagine-video"
 
@@ -286,3 +292,50 @@ def test_every_call_counts_against_the_plans_limit(server: RunningServer) -> Non
     assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert limited.value.details() == "Rate limit of 4 requests per minute exceeded"
     assert int(dict(limited.value.trailing_metadata())["retry-after"]) > 0
+
+
+def test_imagine_serve_without_workers_serves_grpc_on_its_port(
+    tmp_path: Path, processes: list[ImagineProcess]
+) -> None:
+    grpc_port = free_port()
+    serving = ServeProcess(
+        tmp_path / "data", "--no-workers", env={"IMAGINE_GRPC_PORT": str(grpc_port)}
+    )
+    processes.append(serving)
+    serving.wait_for_output("Imagine serving on")
+    output = serving.output()
+    key = re.search(r"API key \(shown once, keep it\): (imk_\w+)", output)
+    target = re.search(r"xai_sdk\.Client\(api_host='([^']+)'", output)
+    assert key is not None and target is not None, output
+    assert target.group(1) == f"localhost:{grpc_port}"
+    client = xai_sdk.Client(api_key=key.group(1), api_host=target.group(1))
+    started = client.video.start(prompt="queued", model=MODEL, duration=1)
+    answer = client.video.get(started.request_id)
+    assert answer.status == deferred_pb2.DeferredStatus.PENDING  # no workers here
+    with httpx.Client(base_url=serving.url) as api:
+        status = api.get(
+            "/v1/status",
+            params={"task_id": started.request_id},
+            headers={"Authorization": f"Bearer {key.group(1)}"},
+        )
+    assert status.json()["data"]["status"] == "pending"
+    serving.terminate()  # the gRPC server stops with the app, cleanly
+    assert "Application shutdown complete" in serving.output()
+    assert "Traceback" not in serving.output()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", grpc_port), timeout=5)
+
+
+def test_an_explicit_grpc_port_without_xai_sdk_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "xai_sdk" else real_find_spec(name, *args),
+    )
+    assert not grpc_served(make_settings(tmp_path))  # off in tests by default
+    assert not grpc_served(load_settings(data_dir=tmp_path))  # the default port: a warning
+    with pytest.raises(SettingsError, match="IMAGINE_GRPC_PORT: the gRPC face needs xai-sdk"):
+        grpc_served(load_settings(data_dir=tmp_path, grpc_port=50051))
