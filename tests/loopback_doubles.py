@@ -148,15 +148,20 @@ def envelope(status: int, error: str, message: str) -> bytes:
     return json.dumps({"code": status, "message": message, "error": error}).encode()
 
 
+def _listening() -> tuple[socket.socket, int]:
+    """A loopback socket accepting connections, polled (so its thread can stop)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.settimeout(0.1)
+    return sock, int(sock.getsockname()[1])
+
+
 class CountingListener:
     """A real loopback socket that counts connection attempts."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.1)
-        self.port = int(self.sock.getsockname()[1])
+        self.sock, self.port = _listening()
         self.connections = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -192,11 +197,7 @@ class Http2CutProxy:
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.1)
-        self.port = int(self.sock.getsockname()[1])
+        self.sock, self.port = _listening()
         self.connections = 0
         self.cuts = 0
         self.cut_next = threading.Event()

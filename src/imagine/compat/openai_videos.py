@@ -30,7 +30,7 @@ from imagine.errors import ApiError, InvalidRequest
 from imagine.media.images import as_data_url
 from imagine.media.video import first_frame_jpeg
 from imagine.tasks import service
-from imagine.tasks.actions import checked_idempotency_key, checked_test_outcome, submit_generation
+from imagine.tasks.actions import submit_with_headers
 from imagine.tasks.states import COMPLETED, PENDING, PROCESSING
 
 PREFIX = "/openai/v1"
@@ -119,13 +119,7 @@ async def create_video(
     fields, image = await _create_fields(request)
     engine = svc.engine_for(caller)
     body = openai_mapping.generate_body(fields, image, engine.capabilities, engine.name)
-    task_id = await submit_generation(
-        svc,
-        caller,
-        body,
-        idempotency_key=checked_idempotency_key(idempotency_key),
-        test_outcome=checked_test_outcome(test_outcome, caller),
-    )
+    task_id = await submit_with_headers(svc, caller, body, idempotency_key, test_outcome)
     return _video(svc, await service.get_task(svc.db, caller, task_id))
 
 

@@ -98,6 +98,24 @@ async def submit_generation(
     return task_id
 
 
+async def submit_with_headers(
+    svc: Services,
+    caller: Principal,
+    body: GenerateBody,
+    idempotency_key: str | None,
+    test_outcome: str | None,
+) -> str:
+    """`submit_generation` with the client's `Idempotency-Key` and
+    `Imagine-Test-Outcome` headers, checked: what every HTTP submit does."""
+    return await submit_generation(
+        svc,
+        caller,
+        body,
+        idempotency_key=checked_idempotency_key(idempotency_key),
+        test_outcome=checked_test_outcome(test_outcome, caller),
+    )
+
+
 async def task_view(svc: Services, task: Row, base_url: Callable[[], str]) -> dict[str, Any]:
     """A task's `data` as status and cancel show it. `base_url` is asked only
     when there are file URLs to build."""

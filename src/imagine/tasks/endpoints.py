@@ -29,13 +29,7 @@ from imagine.errors import (
     TaskFinished,
 )
 from imagine.tasks import service
-from imagine.tasks.actions import (
-    TEST_OUTCOME_NAMES,
-    checked_idempotency_key,
-    checked_test_outcome,
-    submit_generation,
-    task_view,
-)
+from imagine.tasks.actions import TEST_OUTCOME_NAMES, submit_with_headers, task_view
 from imagine.tasks.schemas import GenerateBody
 
 # Documents the scheme in OpenAPI; `V1Gate` does the checking.
@@ -178,13 +172,7 @@ async def _accept(
     idempotency_key: str | None,
     test_outcome: str | None,
 ) -> JSONResponse:
-    task_id = await submit_generation(
-        svc,
-        caller,
-        body,
-        idempotency_key=checked_idempotency_key(idempotency_key),
-        test_outcome=checked_test_outcome(test_outcome, caller),
-    )
+    task_id = await submit_with_headers(svc, caller, body, idempotency_key, test_outcome)
     return success({"task_id": task_id})
 
 

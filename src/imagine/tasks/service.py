@@ -23,6 +23,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from imagine.accounts.service import Principal
@@ -372,23 +373,29 @@ def status_view(task: Row, file_url: Callable[[str], str]) -> dict[str, Any]:
     }
 
 
+async def _own_task_for_update(session: AsyncSession, principal: Principal, task_id: str) -> Task:
+    """The caller's task, locked for this transaction; `NotFound` for any other."""
+    task = None
+    if has_id_shape("task", task_id):
+        task = await session.scalar(
+            select(Task)
+            .where(Task.id == task_id, Task.account_id == principal.account_id, _NOT_DELETED)
+            .with_for_update()
+        )
+    if task is None:
+        raise NotFound("Task not found")
+    return task
+
+
 async def cancel(
     db: Database, principal: Principal, task_id: str, inputs: InputStore | None = None
 ) -> Row:
     """Cancel the caller's task. Pending: cancelled and refunded now. Processing:
     the worker is asked to stop (it refunds when the engine stops, within
     seconds). Finished: `TaskFinished`, nothing changes."""
-    if not has_id_shape("task", task_id):
-        raise NotFound("Task not found")
     ended: list[StoredImage] = []
     async with db.write() as session:
-        task = await session.scalar(
-            select(Task)
-            .where(Task.id == task_id, Task.account_id == principal.account_id, _NOT_DELETED)
-            .with_for_update()
-        )
-        if task is None:
-            raise NotFound("Task not found")
+        task = await _own_task_for_update(session, principal, task_id)
         if task.status in FINISHED:
             raise TaskFinished(f"Task is already {task.status}; nothing to cancel")
         if task.status == PENDING:
@@ -408,16 +415,8 @@ async def delete_task(
     """Delete the caller's task: its videos are removed and no face shows it again;
     its ledger rows stay. A pending task is cancelled (and refunded) first; a
     processing one cannot be deleted until it ends (cancel it, or wait)."""
-    if not has_id_shape("task", task_id):
-        raise NotFound("Task not found")
     async with db.write() as session:
-        task = await session.scalar(
-            select(Task)
-            .where(Task.id == task_id, Task.account_id == principal.account_id, _NOT_DELETED)
-            .with_for_update()
-        )
-        if task is None:
-            raise NotFound("Task not found")
+        task = await _own_task_for_update(session, principal, task_id)
         if task.status == PROCESSING:
             raise InvalidRequest(
                 f"Task {task_id} is being generated; it can be deleted once it has ended"
