@@ -77,6 +77,10 @@ def test_create_and_poll_then_download_the_video_and_its_thumbnail(server: Runni
         xai = api.get(f"/v1/videos/{video.id}").json()
     assert status["status"] == "completed" and status["request"]["ratio"] == "16:9"
     assert xai["status"] == "done"
+    with server.client(follow_redirects=False) as browser:  # and in the console
+        assert browser.post("/signin", data={"api_key": key}).status_code == 303
+        assert video.id in browser.get("/tasks").text
+        assert "a paper boat on a stream" in browser.get(f"/tasks/{video.id}").text
 
 
 def test_an_input_reference_image_is_uploaded_and_animated(server: RunningServer) -> None:
@@ -173,6 +177,17 @@ def test_deleting_a_queued_video_cancels_and_refunds_it(idle: RunningServer) -> 
     assert ledger_kinds(idle, key) == ["refund", "debit", "grant"]
     with idle.client(key) as api:
         assert api.get("/v1/account").json()["data"]["balance"] == 1000
+
+
+def test_an_idempotency_key_makes_a_create_safe_to_retry(idle: RunningServer) -> None:
+    key = idle.new_key().key
+    client = openai_client(idle, key)
+    fields: dict[str, Any] = {"prompt": "once", "seconds": "1", "size": "480x480"}
+    once = {"Idempotency-Key": "create-once"}
+    first = client.videos.create(**fields, extra_headers=once)
+    again = client.videos.create(**fields, extra_headers=once)
+    assert first.id == again.id
+    assert ledger_kinds(idle, key) == ["debit", "grant"]
 
 
 def test_429_surfaces_as_rate_limit_error_after_the_sdks_retries(
