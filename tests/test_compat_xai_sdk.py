@@ -22,10 +22,11 @@ from xai_sdk.video import VideoGenerationError
 
 from imagine.compat import grpc_served
 from imagine.compat.grpc_server import MAX_MESSAGE_BYTES
+from imagine.db.models import Task
 from imagine.settings import SettingsError, load_settings
 
 from conftest import RunningServer, make_settings, start_server
-from helpers import data_url, decoded_mp4, image_bytes, noise_png
+from helpers import count_rows, data_url, decoded_mp4, image_bytes, noise_png
 from loopback_doubles import Http2CutProxy
 from processes import ImagineProcess, ServeProcess, free_port
 
@@ -253,6 +254,23 @@ def test_refusals_are_invalid_argument_with_our_sentence(
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == details
     assert task_ids(server, key) == []
+
+
+def test_unavailable_only_when_nothing_was_submitted(tmp_path: Path) -> None:
+    """The one UNAVAILABLE: the shared rate-limit store is down, so the call is
+    refused at admission. The SDK retries it (five attempts); no task exists."""
+    down = start_server(
+        make_settings(tmp_path, grpc_port=free_port(), redis_url="redis://127.0.0.1:1/0")
+    )
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            client_for(down, down.new_key().key).video.start(
+                prompt="anything", model=MODEL, duration=1
+            )
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert count_rows(down.settings, Task) == 0
+    finally:
+        down.stop()
 
 
 def test_unknown_ids_are_not_found_and_extending_is_unimplemented(server: RunningServer) -> None:

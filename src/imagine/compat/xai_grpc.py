@@ -49,7 +49,8 @@ STATUS_CODES: dict[int, grpc.StatusCode] = {
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,  # rate limit, stored inputs
     503: grpc.StatusCode.UNAVAILABLE,  # only at admission, before any task
 }
-"""Our error's HTTP status → the gRPC status; anything else is `INTERNAL`."""
+"""Our error's HTTP status → the gRPC status; anything else is `INTERNAL`, and so
+is a 503 once the caller was admitted."""
 
 _RATIOS = {
     getattr(video_pb2.VideoAspectRatio, f"VIDEO_ASPECT_RATIO_{name}"): name.replace("_", ":")
@@ -235,6 +236,8 @@ class VideoService(video_pb2_grpc.VideoServicer):  # type: ignore[misc]
             answer = await work(request, admitted.principal, metadata)
         except ApiError as error:
             code, details = STATUS_CODES.get(error.status, grpc.StatusCode.INTERNAL), error.message
+            if admitted is not None and code == grpc.StatusCode.UNAVAILABLE:
+                code = grpc.StatusCode.INTERNAL  # past admission a task may exist: no retry
             headers = {**(admitted.headers if admitted else {}), **error.headers}
         except _Unimplemented:
             code, headers = grpc.StatusCode.UNIMPLEMENTED, admitted.headers if admitted else {}
