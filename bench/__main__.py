@@ -1,6 +1,7 @@
 """`python -m bench`: the service's hot paths as ratios to a baseline measured in
-the same run, submit-to-claim latency, preview engine speed, growth, and the
-console's pages with 10,000 tasks in the account, and the moderation stage.
+the same run, a gRPC poll against an HTTP one, submit-to-claim latency,
+preview engine speed, growth, the console's pages with 10,000 tasks in the
+account, and the moderation stage.
 
     python -m bench [--seconds 10] [--connections 64] [--postgres] [--big 1000000]
         [--skip http claim preview growth console moderation]
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from bench import console, growth, latency, moderation, servers
+from bench import console, growth, grpc_poll, latency, moderation, servers
 from bench.load import LoadResult, wrk
 from imagine.engines.base import GenerationJob, JobControl
 from imagine.engines.preview import PreviewEngine
@@ -131,13 +132,15 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["http", "claim", "preview", "growth", "console", "moderation"],
+        choices=["http", "grpc", "claim", "preview", "growth", "console", "moderation"],
     )
     args = parser.parse_args()
 
     rows: list[tuple[str, str]] = []
     if "http" not in args.skip:
         hot_paths(args, rows)
+    if "grpc" not in args.skip:
+        rows += grpc_poll.compare(args.seconds, args.connections)
     if "claim" not in args.skip:
         env, database = servers.database_env(args.postgres)
         samples = latency.submit_to_claim(env)

@@ -19,7 +19,11 @@ if TYPE_CHECKING:
     from bench.pg import TemporaryDatabase
 
 ROOT = Path(__file__).resolve().parent.parent
-QUIET = {"IMAGINE_LOG_LEVEL": "warning", "IMAGINE_RATE_LIMIT_ENTERPRISE": "1000000000"}
+QUIET = {
+    "IMAGINE_LOG_LEVEL": "warning",
+    "IMAGINE_RATE_LIMIT_ENTERPRISE": "1000000000",
+    "IMAGINE_GRPC_PORT": "0",
+}
 
 
 def free_port() -> int:
@@ -41,6 +45,13 @@ def database_env(postgres: bool) -> tuple[dict[str, str], TemporaryDatabase | No
 
 @contextmanager
 def running(args: list[str], env: dict[str, str], health: str) -> Iterator[str]:
+    with running_process(args, env, health) as (url, _pid):
+        yield url
+
+
+@contextmanager
+def running_process(args: list[str], env: dict[str, str], health: str) -> Iterator[tuple[str, int]]:
+    """`running`, with the process id too (for what the process itself spends)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [arg.replace("{port}", str(port)) for arg in args]
@@ -61,47 +72,56 @@ def running(args: list[str], env: dict[str, str], health: str) -> Iterator[str]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{argv} did not start") from None
                 time.sleep(0.1)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         process.wait(30)
 
 
 def baseline() -> AbstractContextManager[str]:
-    return running(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.baseline_app:app",
-            "--port",
-            "{port}",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        {},
-        "/v1/status",
-    )
+    return running(_BASELINE, {}, "/v1/status")
+
+
+def baseline_process() -> AbstractContextManager[tuple[str, int]]:
+    return running_process(_BASELINE, {}, "/v1/status")
+
+
+_BASELINE = [
+    sys.executable,
+    "-m",
+    "uvicorn",
+    "bench.baseline_app:app",
+    "--port",
+    "{port}",
+    "--log-level",
+    "warning",
+    "--no-access-log",
+]
 
 
 def imagine(data_dir: Path, env: dict[str, str], workers: int) -> AbstractContextManager[str]:
-    return running(
-        [
-            sys.executable,
-            "-m",
-            "imagine",
-            "serve",
-            "--port",
-            "{port}",
-            "--data-dir",
-            str(data_dir),
-            "--workers",
-            str(workers),
-        ],
-        env,
-        "/healthz",
-    )
+    return running(_serve(data_dir, workers), env, "/healthz")
+
+
+def imagine_process(
+    data_dir: Path, env: dict[str, str], workers: int
+) -> AbstractContextManager[tuple[str, int]]:
+    return running_process(_serve(data_dir, workers), env, "/healthz")
+
+
+def _serve(data_dir: Path, workers: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "imagine",
+        "serve",
+        "--port",
+        "{port}",
+        "--data-dir",
+        str(data_dir),
+        "--workers",
+        str(workers),
+    ]
 
 
 def create_key(data_dir: Path, env: dict[str, str]) -> dict[str, str]:

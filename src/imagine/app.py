@@ -17,8 +17,9 @@ from imagine.accounts import endpoints as account
 from imagine.accounts import service as accounts
 from imagine.api.envelope import document_errors_as_envelopes, install_error_handlers, success
 from imagine.api.fastpath import FastPaths
-from imagine.api.gate import V1Gate
+from imagine.api.gate import Admission, V1Gate
 from imagine.api.openapi import answers
+from imagine.compat import install_compat, start_grpc
 from imagine.console import install_console
 from imagine.moderation import endpoints as moderation
 from imagine.runtime import WorkerPool, build_services, prepare_database
@@ -34,10 +35,19 @@ log = logging.getLogger("imagine")
 
 def create_app(settings: Settings) -> FastAPI:
     svc = build_services(settings)
+    # One key cache and one set of rate-limit windows for every door: /v1, the
+    # OpenAI-compatible routes and the gRPC face.
+    admission = Admission(
+        authenticate=accounts.KeyCache(svc.db, settings.key_cache_seconds).authenticate,
+        limiter=svc.limiter,
+        limit_for_plan=settings.rate_limit_for,
+        fail_open=settings.rate_limit_fail_open,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await prepare_database(svc.db, settings)
+        grpc_face = await start_grpc(svc, admission)
         pool = WorkerPool(svc, settings.workers)
         pool.start()
         # Everything built so far lives as long as the process: keep it out of
@@ -47,6 +57,8 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            if grpc_face is not None:
+                await grpc_face.stop()
             await pool.stop()
             await svc.db.dispose()
 
@@ -70,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(files.router)
     app.include_router(docs.router)
     mount_static(app)
+    install_compat(app, svc, admission)
     if settings.console:
         install_console(app, svc)
 
@@ -87,12 +100,5 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Added first, so it runs inside the gate.
     app.add_middleware(FastPaths, handlers=tasks.fast_handlers(svc))
-    app.add_middleware(
-        V1Gate,
-        authenticate=accounts.KeyCache(svc.db, settings.key_cache_seconds).authenticate,
-        limiter=svc.limiter,
-        limit_for_plan=settings.rate_limit_for,
-        max_body_bytes=settings.body_limit,
-        fail_open=settings.rate_limit_fail_open,
-    )
+    app.add_middleware(V1Gate, admission=admission, max_body_bytes=settings.body_limit)
     return app

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
         description="Base URL clients use to reach this server (for file links); "
         "default: the URL of each request.",
     )
+    grpc_port: int = Field(
+        default=50051,
+        ge=0,
+        le=65535,
+        description="Port of the xAI-compatible gRPC service (docs/compat.md), on the same "
+        "host as HTTP; 0: not served.",
+    )
     secret_key: str | None = Field(
         default=None,
         min_length=32,
@@ -511,6 +518,13 @@ class Settings(BaseSettings):
             return self.max_body_bytes
         base64_image = (self.image_max_bytes + 2) // 3 * 4
         return self.max_images * base64_image + 6 * self.max_prompt_chars + _BODY_SLACK
+
+    @property
+    def local_url(self) -> str:
+        """The HTTP server as a client on this machine reaches it (the wildcard
+        address is not one a client can open)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     @property
     def files_dir(self) -> Path:

@@ -166,6 +166,8 @@ class Task(Base):
     # Bytes of this task's data: images in storage (`imagine.tasks.inputs`);
     # 0 once it ends, when they are deleted.
     input_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Deleted by its owner (tasks.service.delete_task): no face shows it again.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class WebhookEvent(Base):

@@ -15,6 +15,7 @@ yuv420p planes stacked as ``(height * 3 // 2, width)`` (PyAV's own layout);
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -26,6 +27,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 from numpy.typing import NDArray
+from PIL import Image
 
 __all__ = [
     "DEFAULT_CRF",
@@ -326,6 +328,20 @@ def sample_frames(path: Path, count: int) -> list[Frame]:
         if last is not None and len(frames) < count:
             frames.append(np.asarray(last.to_ndarray(format="rgb24"), dtype=np.uint8))
         return frames
+
+
+def first_frame_jpeg(mp4: bytes, quality: int = 85) -> bytes:
+    """The first frame of an MP4 as a JPEG: a video's thumbnail, made when asked
+    for (one frame decoded) rather than stored beside every video."""
+    with av.open(io.BytesIO(mp4), mode="r") as container:
+        stream = container.streams.video[0]
+        frame = next(container.decode(stream), None)
+        if frame is None:
+            raise ValueError("the video has no frames")
+        picture = Image.fromarray(np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8))
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
 
 
 def _check_even(width: int, height: int) -> None:
