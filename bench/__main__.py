@@ -1,9 +1,13 @@
 """`python -m bench`: the service's hot paths as ratios to a baseline measured in
-the same run, submit-to-claim latency, preview engine speed, and growth.
+the same run, a gRPC poll against an HTTP one, submit-to-claim latency,
+preview engine speed, growth, the console's pages with 10,000 tasks in the
+account, and the moderation stage.
 
     python -m bench [--seconds 10] [--connections 64] [--postgres] [--big 1000000]
+        [--skip http claim preview growth console moderation]
 
-Prints a Markdown table (the one in BENCHMARKS.md). Needs `wrk` (Debian).
+Prints Markdown tables (the ones in BENCHMARKS.md). Needs `wrk` (Debian). The
+console section alone: `python -m bench.console [--postgres]`.
 """
 
 from __future__ import annotations
@@ -18,21 +22,12 @@ from pathlib import Path
 
 import httpx
 
-from bench import growth, latency, servers
+from bench import console, growth, grpc_poll, latency, moderation, servers
 from bench.load import LoadResult, wrk
 from imagine.engines.base import GenerationJob, JobControl
 from imagine.engines.preview import PreviewEngine
 
 BODY = '{"prompt": "a beautiful landscape with mountains", "mode": "fun", "ratio": "1:1"}'
-
-
-def database_env(postgres: bool) -> tuple[dict[str, str], object]:
-    if not postgres:
-        return {}, None
-    from bench.pg import TemporaryDatabase
-
-    database = TemporaryDatabase()
-    return {"IMAGINE_DATABASE_URL": database.url, "IMAGINE_AUTO_MIGRATE": "true"}, database
 
 
 def hot_paths(args: argparse.Namespace, rows: list[tuple[str, str]]) -> None:
@@ -46,7 +41,7 @@ def hot_paths(args: argparse.Namespace, rows: list[tuple[str, str]]) -> None:
             body=BODY,
             headers={"Content-Type": "application/json"},
         )
-    env, database = database_env(args.postgres)
+    env, database = servers.database_env(args.postgres)
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp)
         key = servers.create_key(data_dir, env)
@@ -72,7 +67,7 @@ def hot_paths(args: argparse.Namespace, rows: list[tuple[str, str]]) -> None:
                 headers={**auth, "Content-Type": "application/json"},
             )
     if database is not None:
-        database.drop()  # type: ignore[attr-defined]
+        database.drop()
 
     def row(name: str, result: LoadResult, base: LoadResult | None) -> tuple[str, str]:
         ratio = (
@@ -134,18 +129,23 @@ def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite")
     parser.add_argument("--big", type=int, default=1_000_000, help="tasks in the large database")
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["http", "claim", "preview", "growth"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["http", "grpc", "claim", "preview", "growth", "console", "moderation"],
     )
     args = parser.parse_args()
 
     rows: list[tuple[str, str]] = []
     if "http" not in args.skip:
         hot_paths(args, rows)
+    if "grpc" not in args.skip:
+        rows += grpc_poll.compare(args.seconds, args.connections)
     if "claim" not in args.skip:
-        env, database = database_env(args.postgres)
+        env, database = servers.database_env(args.postgres)
         samples = latency.submit_to_claim(env)
         if database is not None:
-            database.drop()  # type: ignore[attr-defined]
+            database.drop()
         rows.append(
             (
                 "submit → processing (idle worker)",
@@ -162,9 +162,15 @@ def main() -> None:
         f"\nImagine benchmarks · {platform.node()} · {platform.processor() or platform.machine()}"
         f" · Python {platform.python_version()} · {'PostgreSQL' if args.postgres else 'SQLite'}\n"
     )
-    print("| measure | result |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
+    if rows:
+        print("| measure | result |\n|---|---|")
+        for name, value in rows:
+            print(f"| {name} | {value} |")
+        print()
+    if "console" not in args.skip:
+        print(console.run(postgres=args.postgres))
+    if "moderation" not in args.skip:
+        print(f"\n{moderation.run()}")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ class Config:
     scrape: bool = False
     log: bool = False
     url: str = ""
+    pid: int = 0
     key: str = ""
     task_id: str = ""
     rates: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
@@ -92,8 +93,7 @@ def cpu_seconds(pid: int) -> float:
 
 def load(config: Config, path: str, seconds: int, connections: int) -> tuple[float, float]:
     """Requests per second, and the server's CPU microseconds per request."""
-    pid = servers.PIDS[config.url]
-    before = cpu_seconds(pid)
+    before = cpu_seconds(config.pid)
     auth = {"Authorization": f"Bearer {config.key}"}
     if path.startswith("GET"):
         result = wrk(
@@ -111,7 +111,7 @@ def load(config: Config, path: str, seconds: int, connections: int) -> tuple[flo
             body=BODY,
             headers={**auth, "Content-Type": "application/json"},
         )
-    cpu = cpu_seconds(pid) - before
+    cpu = cpu_seconds(config.pid) - before
     assert result.non_2xx == 0, f"{config.name} {path}: {result.non_2xx} non-2xx answers"
     return result.requests_per_second, cpu / max(1, result.requests) * 1e6
 
@@ -196,7 +196,9 @@ def main() -> None:
             data_dir = Path(tmp) / config.name
             config.key = servers.create_key(data_dir, config.env)["key"]
             log = Path(tmp) / f"{config.name}.log" if config.log else None
-            config.url = stack.enter_context(servers.imagine(data_dir, config.env, 0, log))
+            config.url, config.pid = stack.enter_context(
+                servers.imagine_process(data_dir, config.env, 0, log)
+            )
             config.task_id = httpx.post(
                 f"{config.url}/v1/generate",
                 content=BODY,

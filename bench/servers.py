@@ -11,13 +11,19 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
+if TYPE_CHECKING:
+    from bench.pg import TemporaryDatabase
+
 ROOT = Path(__file__).resolve().parent.parent
-QUIET = {"IMAGINE_LOG_LEVEL": "warning", "IMAGINE_RATE_LIMIT_ENTERPRISE": "1000000000"}
-PIDS: dict[str, int] = {}
-"""The process id of each running server, by its URL."""
+QUIET = {
+    "IMAGINE_LOG_LEVEL": "warning",
+    "IMAGINE_RATE_LIMIT_ENTERPRISE": "1000000000",
+    "IMAGINE_GRPC_PORT": "0",
+}
 
 
 def free_port() -> int:
@@ -26,11 +32,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def database_env(postgres: bool) -> tuple[dict[str, str], TemporaryDatabase | None]:
+    """The server's environment for a run: none for SQLite (the data dir's file),
+    or a fresh PostgreSQL database the caller drops when done."""
+    if not postgres:
+        return {}, None
+    from bench.pg import TemporaryDatabase
+
+    database = TemporaryDatabase()
+    return {"IMAGINE_DATABASE_URL": database.url, "IMAGINE_AUTO_MIGRATE": "true"}, database
+
+
 @contextmanager
-def running(
+def running(args: list[str], env: dict[str, str], health: str) -> Iterator[str]:
+    with running_process(args, env, health) as (url, _pid):
+        yield url
+
+
+@contextmanager
+def running_process(
     args: list[str], env: dict[str, str], health: str, log: Path | None = None
-) -> Iterator[str]:
-    """The server on a free port; its output to `log` (appended), or discarded."""
+) -> Iterator[tuple[str, int]]:
+    """`running`, with the process id too (for what the process itself spends);
+    its output to `log` (appended), or discarded."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [arg.replace("{port}", str(port)) for arg in args]
@@ -52,10 +76,8 @@ def running(
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"{argv} did not start") from None
                 time.sleep(0.1)
-        PIDS[url] = process.pid
-        yield url
+        yield url, process.pid
     finally:
-        PIDS.pop(url, None)
         process.terminate()
         process.wait(30)
         if log is not None:
@@ -63,43 +85,49 @@ def running(
 
 
 def baseline() -> AbstractContextManager[str]:
-    return running(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "bench.baseline_app:app",
-            "--port",
-            "{port}",
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        {},
-        "/v1/status",
-    )
+    return running(_BASELINE, {}, "/v1/status")
 
 
-def imagine(
+def baseline_process() -> AbstractContextManager[tuple[str, int]]:
+    return running_process(_BASELINE, {}, "/v1/status")
+
+
+_BASELINE = [
+    sys.executable,
+    "-m",
+    "uvicorn",
+    "bench.baseline_app:app",
+    "--port",
+    "{port}",
+    "--log-level",
+    "warning",
+    "--no-access-log",
+]
+
+
+def imagine(data_dir: Path, env: dict[str, str], workers: int) -> AbstractContextManager[str]:
+    return running(_serve(data_dir, workers), env, "/healthz")
+
+
+def imagine_process(
     data_dir: Path, env: dict[str, str], workers: int, log: Path | None = None
-) -> AbstractContextManager[str]:
-    return running(
-        [
-            sys.executable,
-            "-m",
-            "imagine",
-            "serve",
-            "--port",
-            "{port}",
-            "--data-dir",
-            str(data_dir),
-            "--workers",
-            str(workers),
-        ],
-        env,
-        "/healthz",
-        log,
-    )
+) -> AbstractContextManager[tuple[str, int]]:
+    return running_process(_serve(data_dir, workers), env, "/healthz", log)
+
+
+def _serve(data_dir: Path, workers: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "imagine",
+        "serve",
+        "--port",
+        "{port}",
+        "--data-dir",
+        str(data_dir),
+        "--workers",
+        str(workers),
+    ]
 
 
 def create_key(data_dir: Path, env: dict[str, str]) -> dict[str, str]:

@@ -38,6 +38,7 @@ class RunningServer:
 
     def client(self, key: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers.update(kwargs.pop("headers", {}))
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
 
     def new_key(self, plan: str = "free", credits: int = 1000) -> accounts.IssuedKey:
@@ -68,7 +69,8 @@ def start_server(
 ) -> RunningServer:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    # A port the test chose (to know its URL before the app is built), else any.
+    sock.bind(("127.0.0.1", settings.port if "port" in settings.model_fields_set else 0))
     port = sock.getsockname()[1]
     app = create_app(settings)
     if configure_app is not None:
@@ -92,6 +94,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "lease_seconds": 5.0,
         "allow_private_urls": True,
         "log_level": "warning",
+        "grpc_port": 0,  # tests that speak gRPC choose a free port
     }
     defaults.update(overrides)
     return load_settings(**defaults)

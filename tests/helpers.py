@@ -6,8 +6,10 @@ import asyncio
 import base64
 import contextlib
 import io
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -18,6 +20,7 @@ from sqlalchemy import func, select
 from imagine.credits import ledger
 from imagine.db.database import Database
 from imagine.db.models import Account, Base
+from imagine.media.video import VideoInfo, probe_mp4
 from imagine.settings import Settings
 
 T = TypeVar("T")
@@ -85,6 +88,14 @@ def image_bytes(
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def decoded_mp4(data: bytes) -> VideoInfo:
+    """What an MP4 downloaded by a client really holds (every frame decoded)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "video.mp4"
+        path.write_bytes(data)
+        return probe_mp4(path)
 
 
 def data_url(data: bytes, media_type: str = "image/png") -> str:

@@ -2,11 +2,14 @@
 
 `serve_files` is an image host; `FaultProxy` sits in front of a real Imagine
 server and misbehaves on cue (a 429, a lost answer), so client behaviour under
-faults is tested against the real service rather than a mock of it.
+faults is tested against the real service rather than a mock of it;
+`Http2CutProxy` does the same for gRPC at the TCP level (a connection lost
+after the server acted, before its answer arrived).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -145,15 +148,20 @@ def envelope(status: int, error: str, message: str) -> bytes:
     return json.dumps({"code": status, "message": message, "error": error}).encode()
 
 
+def _listening() -> tuple[socket.socket, int]:
+    """A loopback socket accepting connections, polled (so its thread can stop)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.settimeout(0.1)
+    return sock, int(sock.getsockname()[1])
+
+
 class CountingListener:
     """A real loopback socket that counts connection attempts."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.1)
-        self.port = int(self.sock.getsockname()[1])
+        self.sock, self.port = _listening()
         self.connections = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept, daemon=True)
@@ -172,3 +180,166 @@ class CountingListener:
         self._stop.set()
         self._thread.join()
         self.sock.close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that gave up (the slow answer's caller) is expected here."""
+
+
+class ModerationStub:
+    """OpenAI's `POST /v1/moderations` on loopback, from its documented protocol.
+
+    Flags any input whose text contains `FLAGGED_WORD` (category `violence`),
+    records every request, and on cue answers slowly (`slow = True`) or is
+    down: `down()` closes the listening socket (connections are refused) and
+    `up()` opens it again on the same port.
+    """
+
+    FLAGGED_WORD = "harmful"
+
+    def __init__(self, key: str, delay: float = 3.0) -> None:
+        self.key = key
+        self.delay = delay
+        self.slow = False
+        self.requests: list[dict[str, Any]] = []
+        self.port = 0
+        self._httpd: _QuietServer | None = None
+        self.up()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1/moderations"
+
+    @property
+    def is_up(self) -> bool:
+        return self._httpd is not None
+
+    def up(self) -> None:
+        stub = self
+
+        class Handler(_Quiet):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.path != "/v1/moderations":
+                    self.reply(404, b"{}")
+                    return
+                if self.headers.get("Authorization") != f"Bearer {stub.key}":
+                    self.reply(401, b'{"error": {"message": "Incorrect API key provided"}}')
+                    return
+                request = json.loads(body)
+                stub.requests.append(request)
+                if stub.slow:
+                    threading.Event().wait(stub.delay)
+                self.reply(200, json.dumps(stub.verdict(request)).encode())
+
+        httpd = _QuietServer(("127.0.0.1", self.port), Handler)
+        httpd.daemon_threads = True
+        self.port = int(httpd.server_address[1])
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        self._httpd = httpd
+
+    def down(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def verdict(self, request: dict[str, Any]) -> dict[str, Any]:
+        given = request["input"]
+        parts = given if isinstance(given, list) else [{"type": "text", "text": given}]
+        text = " ".join(part.get("text", "") for part in parts if part["type"] == "text")
+        flagged = self.FLAGGED_WORD in text.lower()
+        return {
+            "id": f"modr-{len(self.requests)}",
+            "model": request.get("model", "omni-moderation-latest"),
+            "results": [
+                {
+                    "flagged": flagged,
+                    "categories": {"violence": flagged, "sexual": False},
+                    "category_scores": {"violence": 0.93 if flagged else 0.01, "sexual": 0.002},
+                }
+            ],
+        }
+
+
+_HTTP2_FRAME_HEADER = 9
+_HTTP2_HEADERS = 0x1
+
+
+class Http2CutProxy:
+    """A TCP proxy on loopback in front of a gRPC (HTTP/2) server.
+
+    It counts the connections clients open through it, and when `cut_next` is
+    set it closes the next connection at the moment the server begins an answer
+    (its first HEADERS frame on a stream), which it never passes on: the server
+    has done the work, the client sees a connection lost before any answer.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.sock, self.port = _listening()
+        self.connections = 0
+        self.cuts = 0
+        self.cut_next = threading.Event()
+        self._stop = threading.Event()
+        self._open: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            self._open += [client, server]
+            threading.Thread(target=self._copy, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._answers, args=(server, client), daemon=True).start()
+
+    @staticmethod
+    def _copy(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                target.sendall(chunk)
+        except OSError:
+            pass
+        Http2CutProxy._close(source, target)
+
+    def _answers(self, server: socket.socket, client: socket.socket) -> None:
+        """Server to client, frame by frame, so a cut falls before an answer."""
+        pending = b""
+        try:
+            while chunk := server.recv(65536):
+                pending += chunk
+                while len(pending) >= _HTTP2_FRAME_HEADER:
+                    length = int.from_bytes(pending[:3], "big")
+                    end = _HTTP2_FRAME_HEADER + length
+                    if len(pending) < end:
+                        break
+                    stream = int.from_bytes(pending[5:9], "big") & 0x7FFFFFFF
+                    if pending[3] == _HTTP2_HEADERS and stream and self.cut_next.is_set():
+                        self.cut_next.clear()
+                        self.cuts += 1
+                        self._close(server, client)
+                        return
+                    client.sendall(pending[:end])
+                    pending = pending[end:]
+        except OSError:
+            pass
+        self._close(server, client)
+
+    @staticmethod
+    def _close(*sockets: socket.socket) -> None:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+        self._close(*self._open)

@@ -18,26 +18,9 @@ from typing import Any
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
+from browser import RECORD_VIOLATIONS, launch
 from processes import ServeProcess
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-# Runs before the page's own scripts (and outside its CSP): keeps every
-# violation the browser reports, whether or not it also logs it.
-RECORD_VIOLATIONS = """
-window.__violations = [];
-document.addEventListener("securitypolicyviolation", (event) => {
-    window.__violations.push(`${event.violatedDirective} ${event.blockedURI}`);
-});
-"""
 GENERATE = '.opblock-post .opblock-summary-path[data-path="/v1/generate"]'
 
 
@@ -63,7 +46,7 @@ def drive(url: str) -> dict[str, Any]:
         "error": None,
     }
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = launch(playwright)
         try:
             page = browser.new_page()
             page.on("request", lambda request: seen["requests"].append(request.url))

@@ -17,7 +17,11 @@ if TYPE_CHECKING:
     from objectstore import S3Server
 
 IMAGINE = [sys.executable, "-m", "imagine"]
-FAST_QUEUE = {"IMAGINE_LEASE_SECONDS": "2", "IMAGINE_POLL_INTERVAL": "0.1"}
+FAST_QUEUE = {
+    "IMAGINE_LEASE_SECONDS": "2",
+    "IMAGINE_POLL_INTERVAL": "0.1",
+    "IMAGINE_GRPC_PORT": "0",  # several servers at once; a test that speaks gRPC sets a port
+}
 
 
 def free_port() -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,11 +17,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from browser import require_chromium
 from conftest import RunningServer
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
-    pytest.skip("Chromium is not installed (scripts/test installs it)", allow_module_level=True)
+require_chromium()
 
 DRIVER = Path(__file__).with_name("offline_docs_driver.py")
 # A new network namespace holds only a loopback interface, down until raised.
@@ -68,6 +66,7 @@ def test_docs_render_the_api_reference_offline(tmp_path: Path) -> None:
         "/static/vendor/swagger-ui/swagger-ui-bundle.js",
         "/static/vendor/swagger-ui/swagger-ui.css",
         "/static/docs.js",
+        "/static/docs.css",
         "/openapi.json",
     } <= paths, detail
     errors = [message for message in result["console"] if message["type"] == "error"]

@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
+from playwright.sync_api import sync_playwright
 
-import pytest
-
+from browser import launch, require_chromium
 from conftest import RunningServer
 from helpers import wait_for_task
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
-    pytest.skip("Chromium is not installed (scripts/test installs it)", allow_module_level=True)
-
-from playwright.sync_api import sync_playwright  # noqa: E402
-
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-]
+require_chromium()
 
 
 def test_preview_video_plays_and_seeks_in_chromium(server: RunningServer) -> None:
@@ -38,7 +20,7 @@ def test_preview_video_plays_and_seeks_in_chromium(server: RunningServer) -> Non
         url = wait_for_task(client, task_id)["response"][0]
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        browser = launch(playwright)
         try:
             page = browser.new_page()
             page.goto(f"{server.url}/healthz")  # same origin as the video

@@ -307,7 +307,7 @@ def test_the_playground_submits_through_the_api_rules(server: RunningServer) -> 
     issued = server.new_key()
     with sign_in(server, issued.key) as client:
         page = client.get("/playground").text
-        assert "Costs <strong>40</strong> credits" in page
+        assert "Costs 40 credits on the preview engine" in page
         token = csrf_of(client, "/playground")
         refused = client.post(
             "/playground",
@@ -463,7 +463,7 @@ def test_usage_shows_the_ledger_and_spend_per_day(server: RunningServer) -> None
     with sign_in(server, issued.key) as client:
         html = client.get("/usage").text
     assert html.count('class="bar"') == 30
-    assert "Total: <strong>80</strong>" in html
+    assert "Total: 80 credits" in html
     today = utcnow().date().isoformat()
     assert f"<title>{today}: 80 credits</title>" in html
     assert html.count('class="kind-debit"') == 2 and 'class="kind-grant"' in html

@@ -28,6 +28,7 @@ from processes import free_port
 
 ServerFactory = Callable[..., RunningServer]
 TOKEN = "a-metrics-token-of-some-length"
+NOT_FOUND = {"http_route": UNROUTED, "http_response_status_code": "404"}
 
 
 def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
@@ -57,11 +58,21 @@ def test_metrics_name_routes_by_template_and_count_the_work(
         task_id = client.post("/v1/generate", json={"prompt": "a", "duration": 1}).json()["data"][
             "task_id"
         ]
+        assert anonymous.get("/static/console.css").status_code == 200
+        assert client.get(f"/openai/v1/videos/{task_id}").status_code == 200
         wait_for_task(client, task_id)
         assert client.get(f"/v1/tasks/{task_id}/deliveries").status_code == 200
         assert anonymous.get(f"/v1/status?task_id={task_id}").status_code == 401
         assert anonymous.get(f"/no/such/{task_id}").status_code == 404
-        after = client.get("/metrics")
+        # A request is recorded just after its answer: scrape until the last one shows.
+        deadline = time.monotonic() + 5
+        while True:
+            after = client.get("/metrics")
+            found = total(after.text, "http_server_request_duration_seconds_count", **NOT_FOUND)
+            if found > total(before, "http_server_request_duration_seconds_count", **NOT_FOUND):
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
     assert after.headers["content-type"].startswith("text/plain; version=0.0.4")
     assert "x-ratelimit-limit" not in after.headers  # off /v1's limits
     text = after.text
@@ -69,7 +80,14 @@ def test_metrics_name_routes_by_template_and_count_the_work(
         labels["http_route"]
         for labels, _ in samples(text, "http_server_request_duration_seconds_count")
     }
-    assert {"/v1/generate", "/v1/status", "/v1/tasks/{task_id}/deliveries", UNROUTED} <= routes
+    assert {
+        "/v1/generate",
+        "/v1/status",
+        "/v1/tasks/{task_id}/deliveries",
+        "/openai/v1/videos/{video_id}",  # a mounted application's route, whole
+        "/static",
+        UNROUTED,
+    } <= routes
     assert all(
         task_id not in value
         for labels, _ in samples(text, "http_server_request_duration_seconds_count")
@@ -86,12 +104,7 @@ def test_metrics_name_routes_by_template_and_count_the_work(
     grew("imagine_engine_stage_seconds_count", 1, stage="generate")
     grew("imagine_task_run_seconds_count", 1, outcome="completed")
     grew("imagine_storage_op_seconds_count", 1, backend="local", op="save", result="ok")
-    grew(
-        "http_server_request_duration_seconds_count",
-        1,
-        http_route=UNROUTED,
-        http_response_status_code="404",
-    )
+    grew("http_server_request_duration_seconds_count", 1, **NOT_FOUND)
     # The queue, read from the database at the scrape.
     assert total(text, "imagine_workers_alive", engine="preview") == 1
     assert total(text, "imagine_queue_depth", engine="preview", state="pending") == 0

@@ -16,6 +16,8 @@ from sqlalchemy import select
 from imagine.accounts import service as accounts
 from imagine.db.database import Database
 from imagine.db.models import LedgerEntry
+from imagine.errors import NotFound
+from imagine.tasks import service as tasks
 
 from conftest import RunningServer
 from helpers import balance_and_ledger, run_db, wait_for_task
@@ -69,6 +71,33 @@ def test_cancel_pending_refunds_at_once_and_finished_tasks_answer_409(
     assert ledger_kinds(server, task_id) == ["debit", "refund"]
     balance, total = run_db(server.settings, lambda db: balance_and_ledger(db, owner.account_id))
     assert balance == total == 100
+
+
+def test_task_history_lists_exactly_the_tasks_own_charges(server_factory: Any) -> None:
+    """What the console's task page shows: a cancelled task's debit and refund,
+    a pending one's debit, nothing of the account's other rows, and another
+    account's task as not found."""
+    server: RunningServer = server_factory(workers=0)
+    owner, stranger = server.new_key(credits=100), server.new_key()
+    with server.client(owner.key) as client:
+        cancelled, pending = submit(client), submit(client)
+        assert client.post("/v1/cancel", json={"task_id": cancelled}).status_code == 200
+
+    def principal(issued: accounts.IssuedKey) -> accounts.Principal:
+        return accounts.Principal(issued.account_id, issued.plan, issued.key_id)
+
+    async def charges(db: Database, task_id: str) -> list[tuple[str, int]]:
+        history = await tasks.task_history(db, principal(owner), task_id)
+        return [(charge["kind"], charge["amount"]) for charge in history.charges]
+
+    cost = server.settings.cost_for("preview")
+    assert run_db(server.settings, lambda db: charges(db, cancelled)) == [
+        ("debit", -cost),
+        ("refund", cost),
+    ]
+    assert run_db(server.settings, lambda db: charges(db, pending)) == [("debit", -cost)]
+    with pytest.raises(NotFound):
+        run_db(server.settings, lambda db: tasks.task_history(db, principal(stranger), pending))
 
 
 def test_cancel_processing_stops_the_engine_and_refunds_once(server: RunningServer) -> None:

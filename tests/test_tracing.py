@@ -143,14 +143,17 @@ def test_a_submit_and_its_run_in_a_worker_process_share_one_trace(
     ]
 
 
+# Without the gRPC face: xai-sdk, which it (and the xai engine) loads, brings
+# the OpenTelemetry SDK along as a dependency of its own.
 NO_SDK = """
 import asyncio, sys, httpx
+from opentelemetry import trace
 from imagine.observability import tracing
 from imagine.app import create_app
 from imagine.settings import load_settings
 
 assert not tracing.configure("imagine-api")
-app = create_app(load_settings(data_dir=sys.argv[1], workers=0))
+app = create_app(load_settings(data_dir=sys.argv[1], workers=0, grpc_port=0))
 
 async def main():
     async with app.router.lifespan_context(app):
@@ -159,6 +162,7 @@ async def main():
             assert (await client.get("/livez")).status_code == 200
 
 asyncio.run(main())
+assert type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider"  # none installed
 print(sorted(m for m in sys.modules if m.startswith(
     ("opentelemetry.sdk", "opentelemetry.instrumentation", "opentelemetry.exporter"))))
 """

@@ -32,7 +32,7 @@ from xai_sdk.proto import video_pb2
 
 from imagine.accounts.service import IssuedKey
 from imagine.db.database import Database
-from imagine.db.models import Task
+from imagine.db.models import ModerationRefusal, Task
 from imagine.engines.base import GenerationJob, JobControl
 from imagine.engines.preview import PreviewEngine
 from imagine.engines.registry import choose_engine, create_engine
@@ -395,6 +395,22 @@ def test_failure_maps_to_a_sentence_and_refunds(
     assert SECRET not in str(data)
     assert balance(server, issued) == (1000, 1000)
     assert len(fake.starts) == case.starts  # never a second, billed start
+    # xAI's own moderation is recorded for the operator like the policy's refusals.
+    recorded = engine_refusals(server, data["task_id"])
+    assert recorded == ([("engine", "engine")] if case.sentence == INAPPROPRIATE else [])
+
+
+def engine_refusals(server: RunningServer, task_id: str) -> list[tuple[str, str]]:
+    async def read(db: Database) -> list[tuple[str, str]]:
+        async with db.read() as session:
+            rows = await session.execute(
+                select(ModerationRefusal.stage, ModerationRefusal.check_name).where(
+                    ModerationRefusal.task_id == task_id
+                )
+            )
+            return [(row.stage, row.check_name) for row in rows]
+
+    return run_db(server.settings, read)
 
 
 # ---------------------------------------------------------------------------

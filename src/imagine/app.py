@@ -19,9 +19,11 @@ from imagine.accounts import endpoints as account
 from imagine.accounts import service as accounts
 from imagine.api.envelope import document_errors_as_envelopes, install_error_handlers, success
 from imagine.api.fastpath import FastPaths
-from imagine.api.gate import V1Gate
+from imagine.api.gate import Admission, V1Gate
 from imagine.api.openapi import answers
+from imagine.compat import install_compat, start_grpc
 from imagine.console import install_console
+from imagine.moderation import endpoints as moderation
 from imagine.observability.exposition import MetricsServer, QueueGauges, metrics_endpoint
 from imagine.observability.health import Health, install_health
 from imagine.observability.http import PROBES, RequestTelemetry
@@ -43,6 +45,14 @@ def create_app(settings: Settings) -> FastAPI:
     svc = build_services(settings)
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     gauges = QueueGauges(svc.db, [svc.engine.name, svc.test_engine.name], alive_within(settings))
+    # One key cache and one set of rate-limit windows for every door: /v1, the
+    # OpenAI-compatible routes and the gRPC face.
+    admission = Admission(
+        authenticate=accounts.KeyCache(svc.db, settings.key_cache_seconds).authenticate,
+        limiter=svc.limiter,
+        limit_for_plan=settings.rate_limit_for,
+        fail_open=settings.rate_limit_fail_open,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
                 loop=asyncio.get_running_loop(),
             )
             metrics_server.start()
+        grpc_face = await start_grpc(svc, admission)
         pool = WorkerPool(svc, settings.workers)
         pool.start()
         # Everything built so far lives as long as the process: keep it out of
@@ -66,6 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            if grpc_face is not None:
+                await grpc_face.stop()
             await pool.stop()
             if metrics_server is not None:
                 metrics_server.stop()
@@ -98,9 +111,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(account.router)
     app.include_router(webhooks.router)
     app.include_router(admin.router)
+    app.include_router(moderation.router)
     app.include_router(files.router)
     app.include_router(docs.router)
     mount_static(app)
+    install_compat(app, svc, admission)
     if settings.console:
         install_console(app, svc)
     install_health(app, health)
@@ -121,14 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Added first, so it runs inside the gate.
     app.add_middleware(FastPaths, handlers=tasks.fast_handlers(svc))
-    app.add_middleware(
-        V1Gate,
-        authenticate=accounts.KeyCache(svc.db, settings.key_cache_seconds).authenticate,
-        limiter=svc.limiter,
-        limit_for_plan=settings.rate_limit_for,
-        max_body_bytes=settings.body_limit,
-        fail_open=settings.rate_limit_fail_open,
-    )
+    app.add_middleware(V1Gate, admission=admission, max_body_bytes=settings.body_limit)
     # Outermost: every answer, the gate's refusals included, gets its id and line.
     app.add_middleware(RequestTelemetry, metrics=settings.metrics)
     return app

@@ -16,9 +16,9 @@ from imagine.api.ratelimit import RateLimiter
 from imagine.api.services import Services
 from imagine.db.database import Database
 from imagine.db.schema import ensure_current
-from imagine.engines.preview import PreviewEngine
-from imagine.engines.registry import create_engine
+from imagine.engines.registry import create_engine, preview_engine
 from imagine.media.fetch import ImageFetcher
+from imagine.moderation import build_moderator
 from imagine.observability import tracing
 from imagine.queue.presence import Presence
 from imagine.queue.worker import Worker, WorkerConfig
@@ -41,10 +41,11 @@ def build_services(settings: Settings) -> Services:
         storage=storage,
         engine=engine,
         # Test keys' tasks always run on the preview engine, whatever serves live keys.
-        test_engine=engine if engine.name == "preview" else PreviewEngine(),
+        test_engine=engine if engine.name == "preview" else preview_engine(settings),
         limiter=RateLimiter.from_url(settings.redis_url),
         inputs=InputStore(storage),
         webhook_secrets=SecretBox.for_settings(settings),
+        moderator=build_moderator(settings),
     )
 
 
@@ -66,6 +67,7 @@ class WorkerPool:
 
     def __init__(self, svc: Services, count: int) -> None:
         settings = svc.settings
+        self.moderator = svc.moderator
         self.fetcher = ImageFetcher(
             max_bytes=settings.image_max_bytes,
             max_pixels=settings.image_max_pixels,
@@ -93,6 +95,7 @@ class WorkerPool:
                 workdir,
                 svc.wakeup,
                 extra_engines=extra,
+                moderator=svc.moderator,
             )
             for _ in range(count)
         ]
@@ -121,6 +124,8 @@ class WorkerPool:
             prepare = getattr(self.workers[0].engine, "prepare", None)
             if prepare is not None:
                 prepare()
+            if self.moderator is not None:
+                self.moderator.prepare()  # its classifiers, once for all the workers
         self._running = [asyncio.create_task(w.run(), name=w.name) for w in self.workers]
         if self.dispatcher is not None:
             self._running.append(
@@ -143,6 +148,8 @@ class WorkerPool:
             self.presence.stop()
         await asyncio.gather(*self._running, return_exceptions=True)
         await self.fetcher.aclose()
+        if self.moderator is not None:
+            await self.moderator.aclose()
 
     async def wait(self) -> None:
         await asyncio.gather(*self._running, return_exceptions=True)

@@ -13,6 +13,7 @@ import pydantic_settings
 from pydantic import (
     AliasChoices,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -44,6 +45,13 @@ class Settings(BaseSettings):
         description="Base URL clients use to reach this server (for file links); "
         "default: the URL of each request.",
     )
+    grpc_port: int = Field(
+        default=50051,
+        ge=0,
+        le=65535,
+        description="Port of the xAI-compatible gRPC service (docs/compat.md), on the same "
+        "host as HTTP; 0: not served.",
+    )
     secret_key: str | None = Field(
         default=None,
         min_length=32,
@@ -56,6 +64,11 @@ class Settings(BaseSettings):
     engine: Literal["preview", "xai", "diffusers", "auto"] = Field(
         default="preview",
         description="preview | xai | diffusers | auto (xai when XAI_API_KEY is set, else preview).",
+    )
+    preview_font: FilePath | None = Field(
+        default=None,
+        description="A TrueType/OpenType font the preview engine's captions try first for "
+        "each character; the fonts shipped in the package draw what it lacks.",
     )
 
     cost_per_generation: int = Field(default=40, ge=0, le=MAX_BALANCE)
@@ -425,11 +438,64 @@ class Settings(BaseSettings):
         description="Comma-separated ratios served (fewer sizes: fewer compile warm-ups).",
     )
 
+    # --- Content policy (docs/moderation.md) ----------------------------------
+    moderation: bool = Field(
+        default=True, description="Run the content policy on every task (false: no checks)."
+    )
+    moderation_policy: Path | None = Field(
+        default=None,
+        description="TOML policy file: the checks and thresholds of each mode; default: "
+        "the built-in policy (strict for normal, fun and custom).",
+    )
+    moderation_words: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated word-list files: the policy's `operator` word list.",
+    )
+    moderation_image_hashes: Annotated[tuple[Path, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated files of perceptual hashes of known images: the "
+        "policy's `operator` hash list.",
+    )
+    moderation_image_classifier: str = Field(
+        default="nudenet",
+        description="The image classifier a policy's image_classes use: nudenet (the "
+        "moderation-nudenet extra; AGPL-3.0, see docs/moderation.md) or package.module:factory.",
+    )
+    moderation_endpoint_url: str | None = Field(
+        default=None,
+        description="An OpenAI-style moderations URL (…/v1/moderations) the policy may ask.",
+    )
+    moderation_endpoint_key: SecretStr | None = Field(
+        default=None, description="Bearer key for the moderation endpoint."
+    )
+    moderation_endpoint_model: str | None = Field(
+        default=None, description="The `model` sent to the endpoint; default: none sent."
+    )
+    moderation_endpoint_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=120, description="Time limit of one call to the endpoint."
+    )
+    moderation_endpoint_fail_open: bool = Field(
+        default=False,
+        description="When the endpoint gives no answer, let the task go on (true) or fail it "
+        "with the network error, retried like one (false).",
+    )
+
+    @field_validator("moderation_endpoint_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    # --- end of the content policy block --------------------------------------
+
     @field_validator(
         "enabled_modes",
         "webhook_retry_delays",
         "diffusers_resolutions",
         "diffusers_ratios",
+        "moderation_words",
+        "moderation_image_hashes",
         mode="before",
     )
     @classmethod
@@ -497,6 +563,13 @@ class Settings(BaseSettings):
             return self.max_body_bytes
         base64_image = (self.image_max_bytes + 2) // 3 * 4
         return self.max_images * base64_image + 6 * self.max_prompt_chars + _BODY_SLACK
+
+    @property
+    def local_url(self) -> str:
+        """The HTTP server as a client on this machine reaches it (the wildcard
+        address is not one a client can open)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     @property
     def files_dir(self) -> Path:

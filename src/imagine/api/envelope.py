@@ -8,7 +8,7 @@ Starlette's HTML/plain errors and unexpected exceptions all end up here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from imagine.api.security import SECURITY_HEADERS
 from imagine.api.text import TEXT_ERROR, TEXT_RULE, scrub
@@ -98,17 +99,22 @@ def validation_message(exc: RequestValidationError) -> str:
     return f"The {name} parameter must be {expected or 'valid'}"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(
+    app: FastAPI, render: Callable[[ApiError], Response] = error_response
+) -> None:
+    """Every error `app` can raise, answered by `render`: the envelope, or a
+    foreign face's own error shape (`imagine.compat.openai_videos`)."""
+
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc)
+    async def _api_error(_request: Request, exc: ApiError) -> Response:
+        return render(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(InvalidRequest(validation_message(exc)))
+    async def _invalid(_request: Request, exc: RequestValidationError) -> Response:
+        return render(InvalidRequest(validation_message(exc)))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(_request: Request, exc: StarletteHTTPException) -> Response:
         mapped: ApiError
         if exc.status_code == 404:
             mapped = NotFound("Not found")
@@ -120,10 +126,10 @@ def install_error_handlers(app: FastAPI) -> None:
             mapped = InvalidRequest(str(exc.detail))
         else:
             mapped = InternalError("Internal server error")
-        return error_response(mapped)
+        return render(mapped)
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         request_id = logs.request_id()
         log.error(
             "unhandled error (request %s) on %s %s",
@@ -132,7 +138,7 @@ def install_error_handlers(app: FastAPI) -> None:
             request.url.path,
             exc_info=exc,
         )
-        return error_response(InternalError(f"Internal server error (request id {request_id})"))
+        return render(InternalError(f"Internal server error (request id {request_id})"))
 
 
 def document_errors_as_envelopes(app: FastAPI) -> None:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagine.accounts.service import Principal
 from imagine.api.envelope import error_response
-from imagine.api.ratelimit import RateLimiter, StorageError
+from imagine.api.ratelimit import RateLimiter, RateLimitState, StorageError
 from imagine.errors import (
     ApiError,
     InternalError,
@@ -38,41 +40,53 @@ _UNAVAILABLE = RATE_LIMIT_DECISIONS.labels("unavailable")
 
 Authenticator = Callable[[str], Awaitable[Principal | None]]
 LimitForPlan = Callable[[str], int]
+Render = Callable[[ApiError], Response]
 
 
-class V1Gate:
+@dataclass(frozen=True)
+class Admitted:
+    """A caller let in: who it is, and its rate-limit window after this request
+    (None when the store is down and the service fails open)."""
+
+    principal: Principal
+    rate_limit: RateLimitState | None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.rate_limit.headers() if self.rate_limit is not None else {}
+
+
+class Admission:
+    """Who is calling and whether they may, for every door into the service: the
+    HTTP gates below and the gRPC face (`imagine.compat.xai_grpc`) ask the same
+    key cache and count against the same per-account windows."""
+
     def __init__(
         self,
-        app: ASGIApp,
         *,
         authenticate: Authenticator,
         limiter: RateLimiter,
         limit_for_plan: LimitForPlan,
-        max_body_bytes: int,
         fail_open: bool = False,
     ) -> None:
-        self.app = app
         self.authenticate = authenticate
         self.limiter = limiter
         self.limit_for_plan = limit_for_plan
-        self.max_body_bytes = max_body_bytes
         self.fail_open = fail_open
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if scope["type"] != "http" or not (path == "/v1" or path.startswith("/v1/")):
-            await self.app(scope, receive, send)
-            return
-        headers = Headers(scope=scope)
-        scheme, _, token = headers.get("authorization", "").partition(" ")
+    async def admit(self, authorization: str) -> Admitted:
+        """The caller of an `Authorization: Bearer <key>` value, counted once.
+
+        Raises `Unauthorized`, `ServiceUnavailable` (the shared store is down and
+        the service does not fail open) or `RateLimited` (with the limit headers).
+        """
+        scheme, _, token = authorization.partition(" ")
         principal = None
         if scheme.lower() == "bearer" and token.strip():
             principal = await self.authenticate(token.strip())
         if principal is None:
-            await self._refuse(Unauthorized(), scope, receive, send)
-            return
+            raise Unauthorized()
         logs.bind(account_id=principal.account_id)
-
         try:
             state = await self.limiter.hit(
                 principal.rate_limit_identity, self.limit_for_plan(principal.plan)
@@ -81,30 +95,57 @@ class V1Gate:
             log.error("rate-limit store unreachable: %s", exc)
             if not self.fail_open:
                 _UNAVAILABLE.inc()
-                await self._refuse(
-                    ServiceUnavailable("Rate limiting is unavailable, please retry shortly"),
-                    scope,
-                    receive,
-                    send,
-                )
-                return
+                raise ServiceUnavailable(
+                    "Rate limiting is unavailable, please retry shortly"
+                ) from None
             _FAIL_OPEN.inc()
             state = None
-        rate_headers = state.headers() if state is not None else {}
         if state is not None and not state.allowed:
             _LIMITED.inc()
-            await self._refuse(
-                RateLimited(
-                    f"Rate limit of {state.limit} requests per minute exceeded",
-                    headers=rate_headers,
-                ),
-                scope,
-                receive,
-                send,
+            raise RateLimited(
+                f"Rate limit of {state.limit} requests per minute exceeded",
+                headers=state.headers(),
             )
-            return
         if state is not None:
             _ALLOWED.inc()
+        return Admitted(principal, state)
+
+
+class V1Gate:
+    """The HTTP door for every path under `prefix` (`/v1`; `/openai/v1` has a
+    gate of its own that answers in OpenAI's error shape through `render`)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        admission: Admission,
+        max_body_bytes: int,
+        prefix: str = "/v1",
+        render: Render = error_response,
+    ) -> None:
+        self.app = app
+        self.admission = admission
+        self.max_body_bytes = max_body_bytes
+        self.prefix = prefix
+        self.render = render
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        prefix = self.prefix
+        if scope["type"] != "http" or not (
+            path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        try:
+            admitted = await self.admission.admit(headers.get("authorization", ""))
+        except ApiError as refusal:
+            await self._refuse(refusal, scope, receive, send)
+            return
+        state = admitted.rate_limit
+        rate_headers = admitted.headers
 
         try:
             body = await self._read_body(headers, receive)
@@ -117,7 +158,9 @@ class V1Gate:
             return
 
         # The body goes on both as bytes (for `FastPaths`) and replayed (for the routes).
-        scope.setdefault("state", {}).update(principal=principal, rate_limit=state, body=body)
+        scope.setdefault("state", {}).update(
+            principal=admitted.principal, rate_limit=state, body=body
+        )
         replay = replaying(body, receive)
 
         raw_rate_headers = [
@@ -140,7 +183,7 @@ class V1Gate:
                 raise
             request_id = logs.request_id()
             log.error("unhandled error (request %s) on %s", request_id, path, exc_info=exc)
-            await error_response(InternalError(f"Internal server error (request id {request_id})"))(
+            await self.render(InternalError(f"Internal server error (request id {request_id})"))(
                 scope, receive, send_with_limits
             )
 
@@ -166,7 +209,7 @@ class V1Gate:
         return b"".join(chunks)
 
     async def _refuse(self, error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
-        await error_response(error)(scope, receive, send)
+        await self.render(error)(scope, receive, send)
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:

@@ -12,6 +12,7 @@ from imagine.accounts.service import Principal
 from imagine.api.ratelimit import RateLimiter
 from imagine.db.database import Database
 from imagine.engines.base import Engine
+from imagine.moderation.moderator import Moderator
 from imagine.settings import Settings
 from imagine.storage.base import Storage
 from imagine.tasks.inputs import InputStore
@@ -29,6 +30,8 @@ class Services:
     limiter: RateLimiter
     inputs: InputStore
     webhook_secrets: SecretBox
+    moderator: Moderator | None = None
+    """The content policy the workers apply (None: moderation is off)."""
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     recent_durations: RecentDurations = field(default_factory=RecentDurations)
 

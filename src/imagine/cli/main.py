@@ -133,9 +133,17 @@ def serve(
         typer.Option(help="preview | xai | diffusers | auto [env IMAGINE_ENGINE; default preview]"),
     ] = None,
     model: ModelDir = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            "--grpc-port",
+            help="xAI-compatible gRPC port [env IMAGINE_GRPC_PORT; default 50051; 0 = off]",
+        ),
+    ] = None,
 ) -> None:
     """Run the API and its workers."""
     from imagine.app import create_app
+    from imagine.compat import grpc_served
     from imagine.engines.registry import choose_engine
     from imagine.observability import tracing
     from imagine.server import ImagineServer, uvicorn_config
@@ -147,10 +155,12 @@ def serve(
         workers=0 if no_workers else workers,
         engine=engine or ("diffusers" if model else None),
         diffusers_model=model,
+        grpc_port=grpc_port,
     )
     _start_logging(settings, "imagine-api")
     try:  # a misconfigured engine stops the start before the database is touched
         application = create_app(settings)
+        serves_grpc = grpc_served(settings)
         prepare = getattr(application.state.services.engine, "prepare", None)
         if settings.workers and prepare is not None:
             prepare()  # model weights and warm-up before serving, with a clean error
@@ -166,11 +176,16 @@ def serve(
             highlight=False,
         )
     choice = choose_engine(settings)
-    url = f"http://{_browsable(settings.host)}:{settings.port}"
+    url = settings.local_url
     if settings.console:
         signing = "the API key above" if issued is not None else "an API key"
         _announce(
             f"Console: {url}/ (sign in with {signing}) · API reference: {url}/docs",
+        )
+    if serves_grpc:
+        _announce(
+            f"xAI SDK: xai_sdk.Client(api_host={_grpc_target(settings)!r}, api_key=<key>) · "
+            f"OpenAI SDK: openai.OpenAI(base_url={url + '/openai/v1'!r}, api_key=<key>)",
         )
     _announce(
         f"Imagine serving on http://{settings.host}:{settings.port} "
@@ -188,11 +203,13 @@ def serve(
         tracing.shutdown()
 
 
-def _browsable(host: str) -> str:
-    """A host a browser on this machine can open (not the wildcard address)."""
-    return {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(
-        host, f"[{host}]" if ":" in host else host
-    )
+def _grpc_target(settings: Settings) -> str:
+    """The `api_host` an xai-sdk client on this machine passes: `localhost:PORT` is
+    the form the SDK connects to without TLS (any other host needs
+    `use_insecure_channel=True`)."""
+    loopback = settings.host in ("127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "")
+    host = "localhost" if loopback else settings.host
+    return f"{host}:{settings.grpc_port}"
 
 
 async def _bootstrap_key(db: Database, credits: int) -> accounts.IssuedKey | None:
@@ -523,6 +540,8 @@ def webhooks_secret(
 
 from imagine.cli.client_commands import register as _register_client_commands  # noqa: E402
 from imagine.cli.models import register as _register_model_commands  # noqa: E402
+from imagine.cli.moderation import register as _register_moderation_commands  # noqa: E402
 
 _register_client_commands(app)
 _register_model_commands(app)
+_register_moderation_commands(app)

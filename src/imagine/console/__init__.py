@@ -10,12 +10,12 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from imagine.api.services import Services
-from imagine.console import account_pages, operator_pages, signin, task_pages
+from imagine.console import account_pages, operator_pages, preferences, signin, task_pages
 from imagine.console.context import build_console
 from imagine.server_secret import server_secret
 
 
 def install_console(app: FastAPI, svc: Services) -> None:
     app.state.console = build_console(svc, server_secret(svc.settings))
-    for module in (signin, account_pages, task_pages, operator_pages):
+    for module in (signin, preferences, account_pages, task_pages, operator_pages):
         app.include_router(module.router)

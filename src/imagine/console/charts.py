@@ -16,7 +16,8 @@ class Bar:
     y: float
     width: float
     height: float
-    label: str
+    day: str
+    credits: int
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ def spend_chart(days: list[DaySpend]) -> BarChart:
                 y=round(drawable - height, 2),
                 width=round(max(slot - GAP, 1), 2),
                 height=round(height, 2),
-                label=f"{day.day.isoformat()}: {spent:,} credits",
+                day=day.day.isoformat(),
+                credits=spent,
             )
         )
     return BarChart(

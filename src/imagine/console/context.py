@@ -22,7 +22,8 @@ from starlette.datastructures import FormData
 
 from imagine import __version__
 from imagine.api.services import Services
-from imagine.console import formatting
+from imagine.console import formatting, i18n
+from imagine.console.i18n import N_
 from imagine.console.sessions import SessionStore, SignedIn
 from imagine.errors import ApiError, Forbidden, PayloadTooLarge
 from imagine.web.headers import origin_of, page_headers
@@ -43,7 +44,8 @@ class SignInRequired(Exception):
 class Console:
     svc: Services
     sessions: SessionStore
-    templates: jinja2.Environment
+    templates: dict[str, jinja2.Environment]
+    """One environment per language, its catalog and formats installed."""
     media_origins: tuple[str, ...]
 
     def render(
@@ -56,13 +58,17 @@ class Console:
         signed: SignedIn | None = None,
     ) -> HTMLResponse:
         theme = request.cookies.get(THEME_COOKIE, "auto")
-        body = self.templates.get_template(template).render(
-            request=request,
-            signed=signed,
-            theme=theme if theme in THEMES else "auto",
-            path=request.url.path,
-            version=__version__,
-            **context,
+        body = (
+            self.templates[i18n.negotiate(request)]
+            .get_template(template)
+            .render(
+                request=request,
+                signed=signed,
+                theme=theme if theme in THEMES else "auto",
+                path=request.url.path,
+                version=__version__,
+                **context,
+            )
         )
         return HTMLResponse(
             body, status_code, headers=page_headers(self.media_origins, secret=True)
@@ -74,16 +80,6 @@ class Console:
 
 def build_console(svc: Services, secret: bytes) -> Console:
     settings = svc.settings
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=True,
-        extensions=["jinja2.ext.i18n"],
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    environment.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
-    formatting.install(environment)
     origins = {origin_of(settings.public_url), svc.storage.media_origin}
     return Console(
         svc=svc,
@@ -93,9 +89,26 @@ def build_console(svc: Services, secret: bytes) -> Console:
             idle_seconds=settings.console_idle_seconds,
             absolute_seconds=settings.console_max_seconds,
         ),
-        templates=environment,
+        templates={language: _environment(language) for language in i18n.LANGUAGES},
         media_origins=tuple(sorted(origin for origin in origins if origin)),
     )
+
+
+def _environment(language: str) -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        extensions=["jinja2.ext.i18n"],
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    translations = i18n.load_translations(language)
+    environment.install_gettext_translations(  # type: ignore[attr-defined]
+        translations, newstyle=True
+    )
+    formatting.install(environment, language, translations)
+    return environment
 
 
 def console_of(request: Request) -> Console:
@@ -124,11 +137,11 @@ def require_same_origin(request: Request) -> None:
     site = request.headers.get("sec-fetch-site")
     if site is not None:
         if site not in ("same-origin", "none"):
-            raise Forbidden("Cross-site request refused")
+            raise Forbidden(N_("Cross-site request refused"))
         return
     origin = request.headers.get("origin")
     if origin is not None and origin != origin_of(str(request.base_url)):
-        raise Forbidden("Cross-site request refused")
+        raise Forbidden(N_("Cross-site request refused"))
 
 
 async def read_form(request: Request, *, max_bytes: int, max_files: int = 0) -> FormData:
@@ -137,7 +150,7 @@ async def read_form(request: Request, *, max_bytes: int, max_files: int = 0) -> 
     try:
         length = int(request.headers.get("content-length", ""))
     except ValueError:
-        raise PayloadTooLarge("A form must be sent with its Content-Length") from None
+        raise PayloadTooLarge(N_("A form must be sent with its Content-Length")) from None
     if length > max_bytes:
         raise PayloadTooLarge(f"Request body larger than {max_bytes} bytes")
     return await request.form(max_files=max_files, max_fields=100, max_part_size=max_bytes)
@@ -152,7 +165,9 @@ async def checked_form(
     form = await read_form(request, max_bytes=max_bytes, max_files=max_files)
     sent = request.headers.get("x-csrf-token") or form.get("csrf_token")
     if not isinstance(sent, str) or not hmac.compare_digest(sent, signed.csrf_token):
-        raise Forbidden("The form has expired or did not come from this console; reload the page")
+        raise Forbidden(
+            N_("The form has expired or did not come from this console; reload the page")
+        )
     return form
 
 

@@ -1,70 +1,84 @@
-"""How the console writes times, amounts and statuses (Jinja2 filters).
+"""How the console writes times, amounts and statuses (Jinja2 filters), in the
+page's language.
 
-Times are shown as relative text with the exact UTC time beside them (a
-`<time>` element's `title`), so a reader in any zone knows both."""
+Times are shown as relative text ("3 minutes ago", "3분 전") with the exact
+UTC time in the `<time>` element's `title`, so a reader in any zone knows
+both. Status values stay the API's words in `data-*` attributes; what is
+shown is their translation."""
 
 from __future__ import annotations
 
+import gettext
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import jinja2
-from markupsafe import Markup, escape
+from babel.dates import format_timedelta
+from babel.numbers import format_decimal
+from markupsafe import Markup
 
+from imagine.console.i18n import N_
 from imagine.ids import utcnow
 
-_UNITS = ((86400 * 365, "y"), (86400 * 30, "mo"), (86400, "d"), (3600, "h"), (60, "min"))
-
-
-def ago(moment: datetime, now: datetime | None = None) -> str:
-    seconds = int(((now or utcnow()) - moment).total_seconds())
-    if seconds < 0:
-        return "in the future"
-    if seconds < 45:
-        return "just now"
-    for size, unit in _UNITS:
-        if seconds >= size:
-            return f"{seconds // size} {unit} ago"
-    return "1 min ago"
+STATUS_LABELS = {
+    "pending": N_("pending"),
+    "processing": N_("processing"),
+    "completed": N_("completed"),
+    "failed": N_("failed"),
+    "cancelled": N_("cancelled"),
+    "delivering": N_("delivering"),
+    "delivered": N_("delivered"),
+}
 
 
 def utc(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def time_tag(moment: datetime | str | None) -> Markup:
-    """`<time datetime="…" title="… UTC">3 min ago</time>`; a dash for no time.
-    Takes a datetime or the API's `2026-01-31T12:00:00Z` text."""
-    if moment is None:
-        return Markup("—")
-    if isinstance(moment, str):
-        moment = datetime.fromisoformat(moment.replace("Z", "+00:00"))
-    iso = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-    return Markup('<time datetime="{}" title="{}">{}</time>').format(iso, utc(moment), ago(moment))
+def _moment(value: datetime | str) -> datetime:
+    """A datetime, or the API's `2026-01-31T12:00:00Z` text."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value
 
 
-def number(value: int) -> str:
-    return f"{value:,}"
+class Formats:
+    """The filters for one language."""
 
+    def __init__(self, language: str, translations: gettext.NullTranslations) -> None:
+        self.language = language
+        self.translations = translations
 
-def signed_number(value: int) -> str:
-    return f"{value:+,}"
+    def ago(self, moment: datetime | str, now: datetime | None = None) -> str:
+        delta = _moment(moment) - (now or utcnow())
+        return format_timedelta(delta, add_direction=True, locale=self.language)
 
+    def time_tag(self, moment: datetime | str | None) -> Markup:
+        """`<time datetime="…" title="… UTC">3 minutes ago</time>`; a dash for none."""
+        if moment is None:
+            return Markup("—")
+        exact = _moment(moment)
+        return Markup('<time datetime="{}" title="{}">{}</time>').format(
+            exact.strftime("%Y-%m-%dT%H:%M:%SZ"), utc(exact), self.ago(exact)
+        )
 
-def seconds(value: float | None) -> str:
-    if value is None:
-        return "—"
-    whole = round(value)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60} s"
-    return f"{whole // 3600} h {whole % 3600 // 60} min"
+    def number(self, value: int) -> str:
+        return format_decimal(value, locale=self.language)
 
+    def signed(self, value: int) -> str:
+        return ("+" if value > 0 else "") + self.number(value)
 
-def status_badge(status: str) -> Markup:
-    """A status as text and colour (never colour alone)."""
-    return Markup('<span class="badge badge-{0}">{0}</span>').format(escape(status))
+    def seconds(self, value: float | None) -> str:
+        if value is None:
+            return "—"
+        return format_timedelta(
+            timedelta(seconds=round(value)), threshold=1.2, format="short", locale=self.language
+        )
+
+    def badge(self, status: str) -> Markup:
+        """A status as text and colour (never colour alone)."""
+        label = self.translations.gettext(STATUS_LABELS.get(status, status))
+        return Markup('<span class="badge badge-{}">{}</span>').format(status, label)
 
 
 def pretty_json(value: object) -> str:
@@ -72,14 +86,20 @@ def pretty_json(value: object) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
 
 
-def install(environment: jinja2.Environment) -> None:
+def install(
+    environment: jinja2.Environment, language: str, translations: gettext.NullTranslations
+) -> None:
+    formats = Formats(language, translations)
     environment.filters.update(
-        ago=ago,
         utc=utc,
-        time=time_tag,
-        number=number,
-        signed=signed_number,
-        seconds=seconds,
-        badge=status_badge,
+        time=formats.time_tag,
+        number=formats.number,
+        signed=formats.signed,
+        seconds=formats.seconds,
+        badge=formats.badge,
         pretty_json=pretty_json,
+        # A message known only at run time (no %-formatting, unlike `_`): the
+        # console's own sentences are in the catalog, the API's stay English.
+        translate=translations.gettext,
     )
+    environment.globals["language"] = language

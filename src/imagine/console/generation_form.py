@@ -4,7 +4,6 @@ so they meet exactly the API's limits on images."""
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +13,7 @@ from starlette.datastructures import FormData, UploadFile
 from imagine.console.snippets import UPLOAD_PLACEHOLDER
 from imagine.engines.base import EngineCapabilities
 from imagine.errors import InvalidRequest
+from imagine.media.images import as_data_url
 from imagine.settings import Settings
 from imagine.sizes import RATIOS, RESOLUTIONS
 from imagine.tasks.schemas import GenerateBody
@@ -94,10 +94,7 @@ async def generation_body(form: FormData) -> GenerateBody:
     fields = request_fields(form)
     images = list(fields.pop("images", []))
     for upload in files:
-        data = await upload.read()
-        kind = upload.content_type or ""
-        kind = kind if kind.startswith("image/") else "application/octet-stream"
-        images.append(f"data:{kind};base64,{base64.b64encode(data).decode()}")
+        images.append(as_data_url(await upload.read(), upload.content_type))
     if images:
         fields["images"] = images
     fields.setdefault("prompt", "")

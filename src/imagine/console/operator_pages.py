@@ -1,6 +1,7 @@
 """Operator pages, for a session opened with an admin key (`imagine keys create
 --admin`): accounts, opening one with its first key, granting credits,
-revoking any key, and the queue. The same functions serve `/v1/admin/`."""
+revoking any key, the queue, and refused content with its review. The same
+functions serve `/v1/admin/`."""
 
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ from imagine.console.context import (
     signed_in,
     text_field,
 )
+from imagine.console.i18n import N_
 from imagine.console.sessions import SignedIn
 from imagine.errors import Forbidden, InvalidRequest
+from imagine.moderation import records as moderation
 from imagine.queue.overview import queue_overview
 from imagine.settings import PLANS
 from imagine.tasks import service as tasks
@@ -36,7 +39,7 @@ PER_PAGE = 50
 async def operator(request: Request) -> SignedIn:
     signed = await signed_in(request)
     if not signed.principal.is_admin:
-        raise Forbidden("This needs a session opened with an admin key")
+        raise Forbidden(N_("This needs a session opened with an admin key"))
     return signed
 
 
@@ -137,3 +140,43 @@ async def queue_page(request: Request) -> Response:
     console = console_of(request)
     overview = await queue_overview(console.svc.db)
     return console.render(request, "admin_queue.html", {"queue": overview}, signed=signed)
+
+
+@router.get("/moderation")
+async def moderation_page(
+    request: Request, after: Cursor = None, false_positive: bool | None = None
+) -> Response:
+    signed = await operator(request)
+    console = console_of(request)
+    async with console.svc.db.read() as session:
+        page = await moderation.refusal_page(
+            session, limit=PER_PAGE, after=after, false_positive=false_positive
+        )
+    shown = "" if false_positive is None else f"false_positive={str(false_positive).lower()}&"
+    return console.render(
+        request,
+        "admin_moderation.html",
+        {
+            "refusals": page.refusals,
+            "next_after": page.next_after,
+            "shown": false_positive,
+            "filter_query": shown,
+        },
+        signed=signed,
+    )
+
+
+@router.post("/moderation/{refusal_id}/review")
+async def review_refusal(request: Request, refusal_id: str) -> Response:
+    signed = await operator(request)
+    form = await checked_form(request, signed)
+    console = console_of(request)
+    async with console.svc.db.write() as session:
+        await moderation.review_refusal(
+            session,
+            refusal_id,
+            false_positive=text_field(form, "false_positive") == "true",
+            note=text_field(form, "note").strip(),
+            reviewer=signed.principal.key_id,
+        )
+    return see_other(request, f"/admin/moderation#refusal-{refusal_id}")

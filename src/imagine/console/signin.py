@@ -24,11 +24,12 @@ from imagine.console.context import (
     signed_in,
     text_field,
 )
+from imagine.console.i18n import N_
 from imagine.errors import RateLimited
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
-WRONG_KEY = "That key was not accepted. Check it and try again."
+WRONG_KEY = N_("That key was not accepted. Check it and try again.")
 
 
 @router.get("/signin")

@@ -166,6 +166,8 @@ class Task(Base):
     # Bytes of this task's data: images in storage (`imagine.tasks.inputs`);
     # 0 once it ends, when they are deleted.
     input_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Deleted by its owner (tasks.service.delete_task): no face shows it again.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     # W3C trace context of the submitting request (only when tracing is on), so
     # the worker's span of the task joins that trace.
     traceparent: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -234,3 +236,32 @@ class IdempotencyRecord(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ModerationRefusal(Base):
+    """Content the policy refused (imagine.moderation): the task, where and why.
+
+    Written in the transaction that fails the task, so every refused task has
+    its record. Only operators see it; the client sees the contract's sentence.
+    An operator may mark it a false positive, which only records the judgement
+    (for tuning the policy); the task stays failed."""
+
+    __tablename__ = "moderation_refusals"
+    __table_args__ = (Index("ix_moderation_refusals_listing", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    is_test: Mapped[bool] = mapped_column(Boolean, default=False)
+    mode: Mapped[str] = mapped_column(String(20))
+    engine: Mapped[str] = mapped_column(String(40))
+    stage: Mapped[str] = mapped_column(String(10))  # input | output | engine
+    check_name: Mapped[str] = mapped_column(String(30))
+    subject: Mapped[str] = mapped_column(String(100))
+    rule: Mapped[str] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column(Double, nullable=True)
+    false_positive: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    reviewed_by: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    review_note: Mapped[str] = mapped_column(String(500), default="", server_default="")

@@ -6,7 +6,8 @@ requested size, length and frame rate, quickly and repeatably.
 
 * Text only: a procedural parallax animation (a drifting colour-mesh
   backdrop and two layers of soft "bokeh" light moving at different speeds),
-  with the prompt as a caption. Its palette and motion come from a SHA-256 of
+  with the prompt as a caption (in any script the shipped fonts cover: see
+  `imagine.media.fonts`). Its palette and motion come from a SHA-256 of
   (prompt, mode, seed), so the same inputs give a byte-identical file.
 * With images: a slide show. Each image is fitted with "contain on a blurred
   backdrop" (the whole picture is shown, over a darkened, blurred, cropped copy
@@ -36,13 +37,13 @@ import math
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from imagine.engines.base import (
     OUTPUT_NAME,
@@ -53,6 +54,7 @@ from imagine.engines.base import (
     render_in_thread,
 )
 from imagine.failures import Cancelled, FailureReason, TaskFailure
+from imagine.media.fonts import FontChain, wrap
 from imagine.media.images import InputImage
 from imagine.media.video import (
     DEFAULT_CRF,
@@ -67,7 +69,6 @@ __all__ = ["LABEL", "OUTPUT_NAME", "PreviewEngine"]
 LABEL = "preview engine \u00b7 not AI"
 
 Frame = NDArray[np.uint8]
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 # Text scene: per-layer ceilings chosen so that backdrop + far + near <= 255 in
 # RGB; the layers' YUV parts then also add up without overflow or clipping.
@@ -98,15 +99,17 @@ class PreviewEngine:
         caption: bool = True,
         font_path: str | Path | None = None,
     ) -> None:
-        """`preset`/`crf`/`threads` go to libx264; `caption` draws the prompt,
-        in the TrueType font at `font_path` if given (e.g. one with CJK glyphs)."""
+        """`preset`/`crf`/`threads` go to libx264; `caption` draws the prompt.
+        Captions use the fonts shipped in the package (Latin, Greek, Cyrillic,
+        Hangul, kana, common CJK); a TrueType/OpenType font at `font_path` is
+        tried first for every character, the shipped ones for what it lacks."""
         self.preset = preset
         self.crf = crf
         self.threads = threads
         self.caption = caption
         self.font_path = font_path
         if font_path is not None:
-            ImageFont.truetype(str(font_path), 12)  # fail at start-up, not on every job
+            FontChain.load(12, font_path)  # fail at start-up, not on every job
 
     async def generate(self, job: GenerationJob, workdir: Path, control: JobControl) -> list[Path]:
         """Render `workdir / OUTPUT_NAME` in a worker thread and return it."""
@@ -729,22 +732,10 @@ class _Overlay:
     def build(
         cls, prompt: str, width: int, height: int, font_path: str | Path | None = None
     ) -> _Overlay:
-        short = min(width, height)
-        margin = max(4, round(short * 0.035))
-        patches = []
-        label_font = _font(max(8, round(short * 0.03)), None)
-        label = _text_box([LABEL], label_font, alpha=120, max_width=width - 2 * margin)
-        if label is not None:
-            patches.append(_Patch.from_rgba(label, margin, margin))
-        text = " ".join(prompt.split())
-        if text:
-            font = _font(max(10, round(short * 0.045)), font_path)
-            pad = _padding(font)
-            lines = _wrap(text, font, width - 2 * margin - 2 * pad, max_lines=3)
-            box = _text_box(lines, font, alpha=150, max_width=width - 2 * margin)
-            if box is not None:
-                top = max(0, height - margin - box.height)
-                patches.append(_Patch.from_rgba(box, top, (width - box.width) // 2))
+        patches = [
+            _Patch.from_rgba(card.sprite, card.top, card.left)
+            for card in _cards(prompt, width, height, font_path)
+        ]
         return cls([p for p in patches if _fits(p, width, height)], width, height)
 
     def apply(self, frame: Frame) -> None:
@@ -754,85 +745,76 @@ class _Overlay:
             patch.apply(y, u, v)
 
 
+@dataclass(frozen=True)
+class _Card:
+    """Lines of text on a translucent box: what was drawn, with what and where."""
+
+    lines: tuple[str, ...]
+    chain: FontChain
+    sprite: Image.Image
+    top: int
+    left: int
+    pad: int
+    spacing: int
+
+    def placed(self, top: int, left: int) -> _Card:
+        """The card at (`top`, `left`), rounded down to even pixels as patches are."""
+        return replace(self, top=top & ~1, left=left & ~1)
+
+    def baselines(self) -> Iterator[tuple[str, float, float]]:
+        """Each line with its left edge and baseline, in the frame's pixels."""
+        box_w = self.sprite.width
+        for number, line in enumerate(self.lines):
+            x = (box_w - self.chain.length(line)) / 2
+            y = self.pad + number * (self.chain.line_height + self.spacing) + self.chain.ascent
+            yield line, self.left + x, self.top + y
+
+
+def _cards(
+    prompt: str, width: int, height: int, font_path: str | Path | None = None
+) -> list[_Card]:
+    """The label (top left) and the prompt's caption (bottom centre), laid out."""
+    short = min(width, height)
+    margin = max(4, round(short * 0.035))
+    cards = []
+    label = _card([LABEL], FontChain.load(max(8, round(short * 0.03))), 120, width - 2 * margin)
+    if label is not None:
+        cards.append(label.placed(margin, margin))
+    chain = FontChain.load(max(10, round(short * 0.045)), font_path)
+    text = chain.visible(prompt)
+    if text:
+        lines = wrap(text, chain, width - 2 * margin - 2 * _padding(chain), max_lines=3)
+        caption = _card(lines, chain, 150, width - 2 * margin)
+        if caption is not None:
+            top = max(0, height - margin - caption.sprite.height)
+            cards.append(caption.placed(top, (width - caption.sprite.width) // 2))
+    return cards
+
+
 def _fits(patch: _Patch, width: int, height: int) -> bool:
     h, w = (int(n) for n in patch.luma.shape)
     return h > 0 and w > 0 and patch.top + h <= height and patch.left + w <= width
 
 
-def _font(size: int, path: str | Path | None) -> Font:
-    """The configured TrueType font, else Pillow's bundled one (no system fonts
-    needed; Latin only, so other scripts show as boxes unless a font is set)."""
-    if path is not None:
-        return ImageFont.truetype(str(path), size)
-    return ImageFont.load_default(size=size)
+def _padding(chain: FontChain) -> int:
+    return max(2, round(chain.size * 0.5))
 
 
-def _padding(font: Font) -> int:
-    size = font.size if isinstance(font, ImageFont.FreeTypeFont) else 10
-    return max(2, round(size * 0.5))
-
-
-def _wrap(text: str, font: Font, max_width: float, max_lines: int) -> list[str]:
-    """Greedy word wrap by measured width; long words are split, overflow gets '…'."""
-    text = text[: 160 * max_lines]  # more than fits; bounds the work for huge prompts
-    lines: list[str] = []
-    current = ""
-    for word in text.split(" "):
-        candidate = f"{current} {word}" if current else word
-        if font.getlength(candidate) <= max_width:
-            current = candidate
-            continue
-        if current:
-            lines.append(current)
-        while len(word) > 1 and font.getlength(word) > max_width and len(lines) <= max_lines:
-            cut = _longest_fitting_prefix(word, font, max_width)
-            lines.append(word[:cut])
-            word = word[cut:]
-        current = word
-        if len(lines) > max_lines:
-            break
-    if current:
-        lines.append(current)
-    if len(lines) > max_lines:
-        last = lines[max_lines - 1]
-        while last and font.getlength(last + "\u2026") > max_width:
-            last = last[:-1]
-        lines = [*lines[: max_lines - 1], last.rstrip() + "\u2026"]
-    return lines
-
-
-def _longest_fitting_prefix(word: str, font: Font, max_width: float) -> int:
-    """Length of the longest prefix of `word` within `max_width` (at least 1)."""
-    low, high = 1, len(word) - 1
-    while low < high:
-        middle = (low + high + 1) // 2
-        if font.getlength(word[:middle]) <= max_width:
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
-def _text_box(lines: list[str], font: Font, alpha: int, max_width: int) -> Image.Image | None:
+def _card(lines: list[str], chain: FontChain, alpha: int, max_width: int) -> _Card | None:
     """White centred lines on a rounded translucent black box, as an RGBA sprite."""
     if not lines or max_width < 4:
         return None
-    pad = _padding(font)
-    if isinstance(font, ImageFont.FreeTypeFont):
-        ascent, descent = font.getmetrics()
-        line_h = ascent + descent
-    else:  # bitmap fallback
-        line_h = int(font.getbbox("Ag")[3])
+    pad = _padding(chain)
+    line_h = chain.line_height
     spacing = max(1, line_h // 8)
-    text_w = max(math.ceil(font.getlength(line)) for line in lines)
+    text_w = max(math.ceil(chain.length(line)) for line in lines)
     box_w = min(max_width, text_w + 2 * pad)
     box_h = len(lines) * line_h + (len(lines) - 1) * spacing + 2 * pad
     box_w, box_h = box_w - box_w % 2, box_h + box_h % 2
     sprite = Image.new("RGBA", (box_w, box_h), (0, 0, 0, 0))
+    card = _Card(tuple(lines), chain, sprite, 0, 0, pad, spacing)
     draw = ImageDraw.Draw(sprite)
     draw.rounded_rectangle((0, 0, box_w - 1, box_h - 1), radius=pad, fill=(0, 0, 0, alpha))
-    for number, line in enumerate(lines):
-        x = (box_w - font.getlength(line)) / 2
-        y = pad + number * (line_h + spacing)  # the text's top (ascender) line
-        draw.text((x, y), line, font=font, fill=(255, 255, 255, 255))
-    return sprite
+    for line, left, baseline in card.baselines():
+        chain.draw(draw, left, baseline, line, (255, 255, 255, 255))
+    return card

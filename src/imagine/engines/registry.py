@@ -9,10 +9,17 @@ from imagine.engines.base import Engine
 from imagine.settings import Settings, SettingsError
 
 
-def _preview(_settings: Settings) -> Engine:
+def preview_engine(settings: Settings) -> Engine:
+    """The preview engine, captions in `IMAGINE_PREVIEW_FONT` first if set."""
     from imagine.engines.preview import PreviewEngine
 
-    return PreviewEngine()
+    try:
+        return PreviewEngine(font_path=settings.preview_font)
+    except Exception as exc:  # Pillow and fontTools raise several kinds for a bad file
+        raise SettingsError(
+            f"IMAGINE_PREVIEW_FONT: {settings.preview_font} is not a font the preview "
+            f"engine can use ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _xai(settings: Settings) -> Engine:
@@ -35,7 +42,7 @@ def _diffusers(settings: Settings) -> Engine:
 
 
 ENGINES: dict[str, Callable[[Settings], Engine]] = {
-    "preview": _preview,
+    "preview": preview_engine,
     "xai": _xai,
     "diffusers": _diffusers,
 }

@@ -9,6 +9,7 @@ the output frame needs: the memory one task takes is about one decoded image
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from PIL import Image, ImageOps
 __all__ = [
     "ImageHeader",
     "InputImage",
+    "as_data_url",
     "check_task_pixels",
     "decode_reduced",
     "probe_image",
@@ -73,6 +75,21 @@ def sniff_image_type(data: bytes) -> tuple[str, str] | None:
     if data.startswith((b"GIF87a", b"GIF89a")):
         return _GIF
     return None
+
+
+def as_data_url(data: bytes, declared_type: str | None) -> str:
+    """An uploaded file as a `data:` URL, so it meets exactly the checks of an image
+    sent inline. The type is the bytes' own when they are an accepted image;
+    otherwise the declared one if it names an image (the check then says what is
+    wrong with the bytes), and otherwise none, which is refused as not an image."""
+    sniffed = sniff_image_type(data)
+    if sniffed is not None:
+        kind = sniffed[0]
+    elif declared_type and declared_type.startswith("image/"):
+        kind = declared_type
+    else:
+        kind = "application/octet-stream"
+    return f"data:{kind};base64,{base64.b64encode(data).decode()}"
 
 
 def probe_image(data: bytes, max_pixels: int) -> ImageHeader:

@@ -15,6 +15,7 @@ yuv420p planes stacked as ``(height * 3 // 2, width)`` (PyAV's own layout);
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -26,6 +27,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 from numpy.typing import NDArray
+from PIL import Image
 
 __all__ = [
     "DEFAULT_CRF",
@@ -37,6 +39,7 @@ __all__ = [
     "VideoWriteError",
     "probe_mp4",
     "read_frame",
+    "sample_frames",
     "to_yuv420p",
     "yuv420p_planes",
 ]
@@ -292,6 +295,53 @@ def read_frame(path: Path, index: int = 0) -> Frame:
             if number == index:
                 return np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
     raise IndexError(f"{path} has no frame {index}")
+
+
+def sample_frames(path: Path, count: int) -> list[Frame]:
+    """About `count` RGB frames spread evenly over `path`: the first, the last,
+    and the first decoded at or after each even step between.
+
+    Decodes in one pass, skipping frames no other frame refers to (H.264's
+    non-reference B-frames, about half of an engine's clip): a sample lands
+    at most a frame or two from the even step. Seeking would not help, since
+    an engine's short clips have one keyframe or few.
+    """
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.skip_frame = "NONREF"
+        if stream.duration is not None and stream.time_base is not None:
+            length = float(stream.duration * stream.time_base)
+        else:
+            length = (container.duration or 0) / av.time_base
+        steps = [length * i / (count - 1) for i in range(count)] if count > 1 else [0.0]
+        during = max(count - 1, 1)  # the last sample is the last frame, known at the end
+        frames: list[Frame] = []
+        last: Any = None
+        for number, frame in enumerate(container.decode(stream)):
+            last = frame
+            at = frame.time if frame.time is not None else number / float(stream.average_rate or 24)
+            if len(frames) < during and at >= steps[len(frames)]:
+                frames.append(np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8))
+                if len(frames) == count:
+                    break
+        if last is not None and len(frames) < count:
+            frames.append(np.asarray(last.to_ndarray(format="rgb24"), dtype=np.uint8))
+        return frames
+
+
+def first_frame_jpeg(mp4: bytes, quality: int = 85) -> bytes:
+    """The first frame of an MP4 as a JPEG: a video's thumbnail, made when asked
+    for (one frame decoded) rather than stored beside every video."""
+    with av.open(io.BytesIO(mp4), mode="r") as container:
+        stream = container.streams.video[0]
+        frame = next(container.decode(stream), None)
+        if frame is None:
+            raise ValueError("the video has no frames")
+        picture = Image.fromarray(np.asarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8))
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
 
 
 def _check_even(width: int, height: int) -> None:

@@ -29,6 +29,7 @@ import secrets
 import time
 from collections.abc import Callable
 
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagine.api.envelope import error_response
@@ -70,10 +71,18 @@ class RequestIds:
 
 
 def route_of(scope: Scope) -> str:
+    """The template of the route that answered. Inside a mounted application
+    (`/openai/v1`, `/static`) the router leaves its mount path in `root_path`,
+    and the inner route's template (relative to it), if any, in `route`."""
+    root: str = scope.get("root_path", "")
+    app_root: str = scope.get("app_root_path", root)
+    mounted = root[len(app_root) :] if root.startswith(app_root) else ""
     route = scope.get("route")
     path = getattr(route, "path", None)
-    if isinstance(path, str) and path:
-        return path
+    if isinstance(path, str) and path and not isinstance(route, Mount):
+        return mounted + path
+    if mounted:  # answered by a mounted application without routes (static files)
+        return mounted
     named = scope.get(ROUTE_KEY)
     return named if isinstance(named, str) else UNROUTED
 

@@ -29,6 +29,8 @@ from imagine.db.database import Database, in_session
 from imagine.db.models import Task, WebhookEvent
 from imagine.failures import FailureReason
 from imagine.ids import new_id, utcnow
+from imagine.moderation.moderator import Refusal
+from imagine.moderation.records import add_refusal
 from imagine.observability import metrics
 from imagine.queue.fairness import CLAIM_ORDER
 from imagine.tasks.schemas import GenerationRequest
@@ -261,9 +263,11 @@ async def fail(
     detail: str,
     *,
     retry_after: float | None,
+    refusal: Refusal | None = None,
 ) -> str | None:
     """End an attempt that failed. With `retry_after` and attempts left, the task
-    goes back to the queue; otherwise it fails for good and is refunded.
+    goes back to the queue; otherwise it fails for good and is refunded, and a
+    content `refusal` is recorded in the same transaction.
     Returns the new status, or None when the lease was already lost."""
     now = utcnow()
     async with db.write() as session:
@@ -280,6 +284,8 @@ async def fail(
             )
             return PENDING if moved else None
         ended = await _end(session, _owned(claimed), FAILED, reason=reason, detail=detail)
+        if ended is not None and refusal is not None:
+            await add_refusal(session, claimed.task_id, refusal)
     return FAILED if _recorded(ended) else None
 
 

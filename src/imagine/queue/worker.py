@@ -1,4 +1,5 @@
-"""A worker: claims tasks, runs the engine, stores the result, ends the task.
+"""A worker: claims tasks, moderates them, runs the engine, stores the result,
+ends the task.
 
 Runs inside `imagine serve` (N of them) or alone as `imagine worker`. While an
 engine runs, a heartbeat extends the lease and records progress; if the lease
@@ -28,6 +29,7 @@ from imagine.engines.base import Engine, GenerationJob, JobControl
 from imagine.failures import TEST_OUTCOMES, Cancelled, FailureReason, TaskFailure
 from imagine.media.fetch import ImageFetcher, gather_or_cancel, inspect_images
 from imagine.media.images import InputImage
+from imagine.moderation.moderator import ContentRefused, Moderator, Refusal
 from imagine.observability import logs, tracing
 from imagine.observability.metrics import LEASE_LOST, RUN_DURATION, STAGE_DURATION
 from imagine.queue import repository as queue
@@ -70,6 +72,7 @@ class Worker:
         wakeup: asyncio.Event | None = None,
         name: str | None = None,
         extra_engines: Mapping[str, Engine] | None = None,
+        moderator: Moderator | None = None,
     ) -> None:
         self.db = db
         self.engine = engine
@@ -78,6 +81,7 @@ class Worker:
         self.storage = storage
         self.inputs = InputStore(storage)
         self.fetcher = fetcher
+        self.moderator = moderator
         self.config = config
         self.workdir = workdir
         self.wakeup = wakeup or asyncio.Event()
@@ -219,7 +223,13 @@ class Worker:
                 outcome = "released"
                 log.info("%s: %s handed back to the queue at shutdown", self.name, task_id)
         except TaskFailure as failure:
-            outcome = await self._fail(claimed, failure.reason, failure.detail, failure.retryable)
+            outcome = await self._fail(
+                claimed,
+                failure.reason,
+                failure.detail,
+                failure.retryable,
+                refusal=_refusal_of(claimed, failure),
+            )
         except TimeoutError:
             control.cancel_event.set()
             outcome = await self._fail(
@@ -257,6 +267,9 @@ class Worker:
         if request.images:
             with self._stage(claimed, "fetch_inputs"):
                 images = await self._input_images(request, width, height)
+        if self.moderator is not None:  # before any engine time is spent
+            with self._stage(claimed, "moderate"):
+                await self.moderator.check_input(request.mode, request.prompt, images)
         job = GenerationJob(
             task_id=claimed.task_id,
             prompt=request.prompt,
@@ -272,7 +285,11 @@ class Worker:
             resume=claimed.engine_state,
         )
         with self._stage(claimed, "generate"):
-            return await engine.generate(job, workdir, control)
+            paths = await engine.generate(job, workdir, control)
+        if self.moderator is not None:  # before anything is stored
+            with self._stage(claimed, "moderate"):
+                await self.moderator.check_output(request.mode, paths)
+        return paths
 
     async def _input_images(
         self, request: GenerationRequest, width: int, height: int
@@ -296,12 +313,19 @@ class Worker:
         )
 
     async def _fail(
-        self, claimed: ClaimedTask, reason: FailureReason, detail: str, retryable: bool
+        self,
+        claimed: ClaimedTask,
+        reason: FailureReason,
+        detail: str,
+        retryable: bool,
+        refusal: Refusal | None = None,
     ) -> str:
         """Fail this attempt: "failed" when that ended the task (no retry left),
         "retried" when it went back to the queue, "lost" without the lease."""
         retry_after = self.config.retry_delay * 2 ** (claimed.attempt - 1) if retryable else None
-        outcome = await queue.fail(self.db, claimed, reason, detail, retry_after=retry_after)
+        outcome = await queue.fail(
+            self.db, claimed, reason, detail, retry_after=retry_after, refusal=refusal
+        )
         log.warning(
             "%s: %s attempt %d failed (%s): %s -> %s",
             self.name,
@@ -316,6 +340,18 @@ class Worker:
 
 # Attempts that ended their task (its stored inputs can go).
 _ENDED = frozenset({"completed", "cancelled", "failed"})
+
+
+def _refusal_of(claimed: ClaimedTask, failure: TaskFailure) -> Refusal | None:
+    """What the refusal record says of a failure: the policy's own refusal, or an
+    engine's upstream verdict (xAI's moderation); a test key's forced outcome
+    is not a refusal."""
+    if isinstance(failure, ContentRefused):
+        return failure.refusal
+    forced = claimed.test_outcome in TEST_OUTCOMES
+    if failure.reason is FailureReason.INAPPROPRIATE and not forced:
+        return Refusal("engine", "engine", claimed.engine or "engine", failure.detail)
+    return None
 
 
 class _Progress:

@@ -28,10 +28,9 @@ from imagine.errors import (
     PayloadTooLarge,
     TaskFinished,
 )
-from imagine.failures import TEST_OUTCOMES
 from imagine.observability import logs
 from imagine.tasks import service
-from imagine.tasks.actions import submit_generation, task_view
+from imagine.tasks.actions import TEST_OUTCOME_NAMES, submit_with_headers, task_view
 from imagine.tasks.schemas import GenerateBody
 
 # Documents the scheme in OpenAPI; `V1Gate` does the checking.
@@ -71,8 +70,6 @@ class TaskEnvelope(BaseModel):
     message: str = "success"
     data: TaskData
 
-
-TEST_OUTCOME_NAMES = ("completed", *TEST_OUTCOMES)
 
 # -- what /openapi.json shows ------------------------------------------------------
 
@@ -117,26 +114,6 @@ GENERATE_EXAMPLE = {
     "ratio": "1:1",
 }
 UNKNOWN_TASK = NotFound("Task not found")
-
-
-def _idempotency_key(value: str | None) -> str | None:
-    if value is None:
-        return None
-    if not 1 <= len(value) <= 255 or not value.isprintable():
-        raise InvalidRequest("The Idempotency-Key header must be 1-255 printable characters")
-    return value
-
-
-def _test_outcome(value: str | None, caller: Principal) -> str | None:
-    if value is None:
-        return None
-    if not caller.is_test:
-        raise InvalidRequest("The Imagine-Test-Outcome header is only accepted from test keys")
-    if value not in TEST_OUTCOME_NAMES:
-        raise InvalidRequest(
-            f"The Imagine-Test-Outcome header must be one of: {', '.join(TEST_OUTCOME_NAMES)}"
-        )
-    return None if value == "completed" else value
 
 
 @router.post(
@@ -196,13 +173,7 @@ async def _accept(
     idempotency_key: str | None,
     test_outcome: str | None,
 ) -> JSONResponse:
-    task_id = await submit_generation(
-        svc,
-        caller,
-        body,
-        idempotency_key=_idempotency_key(idempotency_key),
-        test_outcome=_test_outcome(test_outcome, caller),
-    )
+    task_id = await submit_with_headers(svc, caller, body, idempotency_key, test_outcome)
     return success({"task_id": task_id})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -10,15 +11,26 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Label, bindparam, case, delete, func, insert, select
+from sqlalchemy import (
+    ColumnElement,
+    Label,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from imagine.accounts.service import Principal
 from imagine.credits import ledger
 from imagine.db.database import Database
 from imagine.db.models import Account, IdempotencyRecord, LedgerEntry, Task
-from imagine.db.pages import newest_first
+from imagine.db.pages import keyset_page
 from imagine.db.prepared import Row, Tx
 from imagine.errors import (
     Conflict,
@@ -31,6 +43,7 @@ from imagine.errors import (
 from imagine.ids import has_id_shape, new_id, utcnow
 from imagine.queue import repository as queue
 from imagine.queue.fairness import pending_before, take_place
+from imagine.storage.base import Storage
 from imagine.tasks.inputs import InputStore
 from imagine.tasks.schemas import (
     GenerationRequest,
@@ -265,6 +278,8 @@ def _submit_once(tx: Tx, submission: _Submission) -> str:
     return task_id
 
 
+_NOT_DELETED = Task.deleted_at.is_(None)
+
 # What the status view, the queue estimate and the deliveries listing read;
 # fewer columns to convert on the most frequent read of all.
 _VIEW_COLUMNS = (
@@ -307,12 +322,12 @@ _TASK_BY_ID = select(
         .scalar_subquery(),
         "queue_running",
     ),
-).where(Task.id == bindparam("task_id"), Task.account_id == bindparam("account_id"))
+).where(Task.id == bindparam("task_id"), Task.account_id == bindparam("account_id"), _NOT_DELETED)
 
 
 async def get_task(db: Database, principal: Principal, task_id: str) -> Row:
-    """The caller's task as a row (column name → value); another account's task is
-    indistinguishable from none. A row, not an ORM object: building one costs
+    """The caller's task as a row (column name → value); another account's task, or
+    a deleted one, is indistinguishable from none. A row, not an ORM object: building one costs
     more than the read itself on the polling path."""
     if not has_id_shape("task", task_id):
         raise NotFound("Task not found")
@@ -368,24 +383,30 @@ def status_view(task: Row, file_url: Callable[[str], str]) -> dict[str, Any]:
     }
 
 
+async def _own_task_for_update(session: AsyncSession, principal: Principal, task_id: str) -> Task:
+    """The caller's task, locked for this transaction; `NotFound` for any other."""
+    task = None
+    if has_id_shape("task", task_id):
+        task = await session.scalar(
+            select(Task)
+            .where(Task.id == task_id, Task.account_id == principal.account_id, _NOT_DELETED)
+            .with_for_update()
+        )
+    if task is None:
+        raise NotFound("Task not found")
+    return task
+
+
 async def cancel(
     db: Database, principal: Principal, task_id: str, inputs: InputStore | None = None
 ) -> Row:
     """Cancel the caller's task. Pending: cancelled and refunded now. Processing:
     the worker is asked to stop (it refunds when the engine stops, within
     seconds). Finished: `TaskFinished`, nothing changes."""
-    if not has_id_shape("task", task_id):
-        raise NotFound("Task not found")
     ended: list[StoredImage] = []
     ending: queue.Ended | None = None
     async with db.write() as session:
-        task = await session.scalar(
-            select(Task)
-            .where(Task.id == task_id, Task.account_id == principal.account_id)
-            .with_for_update()
-        )
-        if task is None:
-            raise NotFound("Task not found")
+        task = await _own_task_for_update(session, principal, task_id)
         if task.status in FINISHED:
             raise TaskFinished(f"Task is already {task.status}; nothing to cancel")
         if task.status == PENDING:
@@ -400,6 +421,36 @@ async def cancel(
     if ended and inputs is not None:
         await inputs.discard(ended)  # after the commit: a rollback keeps them
     return await get_task(db, principal, task_id)
+
+
+async def delete_task(
+    db: Database, principal: Principal, task_id: str, storage: Storage, inputs: InputStore
+) -> None:
+    """Delete the caller's task: its videos are removed and no face shows it again;
+    its ledger rows stay. A pending task is cancelled (and refunded) first; a
+    processing one cannot be deleted until it ends (cancel it, or wait)."""
+    async with db.write() as session:
+        task = await _own_task_for_update(session, principal, task_id)
+        if task.status == PROCESSING:
+            raise InvalidRequest(
+                f"Task {task_id} is being generated; it can be deleted once it has ended"
+            )
+        held = stored_images_in(task.request) if task.input_bytes else []
+        if task.status == PENDING:
+            await queue.cancel_pending(session, task_id)
+        outputs = list(task.outputs)
+        await session.execute(
+            update(Task).where(Task.id == task_id).values(deleted_at=utcnow(), outputs=[])
+        )
+    # After the commit: a rollback keeps the files with the task.
+    await asyncio.to_thread(_delete_files, storage, outputs)
+    if held:
+        await inputs.discard(held)
+
+
+def _delete_files(storage: Storage, keys: list[str]) -> None:
+    for key in keys:
+        storage.delete(key)
 
 
 @dataclass(frozen=True)
@@ -420,14 +471,17 @@ async def task_history(db: Database, principal: Principal, task_id: str) -> Task
         raise NotFound("Task not found")
     async with db.read() as session:
         task = await session.scalar(
-            select(Task).where(Task.id == task_id, Task.account_id == principal.account_id)
+            select(Task).where(
+                Task.id == task_id, Task.account_id == principal.account_id, _NOT_DELETED
+            )
         )
         if task is None:
             raise NotFound("Task not found")
+        # By task id alone, on the unique (task_id, kind) index: the task's
+        # charges are its account's by construction, and with the account in
+        # the filter SQLite walks the account's whole ledger in id order instead.
         entries = await session.scalars(
-            select(LedgerEntry)
-            .where(LedgerEntry.task_id == task_id, LedgerEntry.account_id == task.account_id)
-            .order_by(LedgerEntry.id)
+            select(LedgerEntry).where(LedgerEntry.task_id == task_id).order_by(LedgerEntry.id)
         )
         charges = [
             {"kind": entry.kind, "amount": entry.amount, "created_at": entry.created_at}
@@ -450,12 +504,24 @@ class TaskPage:
 
 
 async def list_tasks(
-    db: Database, principal: Principal, *, status: str | None, limit: int, after: str | None
+    db: Database,
+    principal: Principal,
+    *,
+    status: str | None,
+    limit: int,
+    after: str | None,
+    oldest_first: bool = False,
 ) -> TaskPage:
-    """The caller's tasks, newest first (a test key sees its account's test tasks,
-    a live key the live ones)."""
+    """The caller's tasks, newest first unless `oldest_first` (a test key sees its
+    account's test tasks, a live key the live ones)."""
     return await account_tasks(
-        db, principal.account_id, is_test=principal.is_test, status=status, limit=limit, after=after
+        db,
+        principal.account_id,
+        is_test=principal.is_test,
+        status=status,
+        limit=limit,
+        after=after,
+        oldest_first=oldest_first,
     )
 
 
@@ -467,16 +533,17 @@ async def account_tasks(
     status: str | None,
     limit: int,
     after: str | None,
+    oldest_first: bool = False,
 ) -> TaskPage:
-    """An account's live or test tasks, newest first. The cursor is the last task
-    id seen: rows are ordered by (created_at, id), so tasks inserted meanwhile
-    land before the cursor and a page never repeats or skips one."""
+    """An account's live or test tasks, newest first (or oldest first). The cursor
+    is the last task id seen: rows are ordered by (created_at, id), so a page
+    never repeats or skips one (see `imagine.db.pages`)."""
     mine = Task.account_id == account_id
-    query = select(*_VIEW_COLUMNS).where(mine, Task.is_test == is_test)
+    query = select(*_VIEW_COLUMNS).where(mine, Task.is_test == is_test, _NOT_DELETED)
     if status is not None:
         query = query.where(Task.status == status)
     async with db.read() as session:
-        rows, has_more = await newest_first(
+        rows, has_more = await keyset_page(
             session,
             query,
             created=Task.created_at,
@@ -486,6 +553,7 @@ async def account_tasks(
             scope=[mine],
             after=after,
             limit=limit,
+            oldest_first=oldest_first,
         )
     return TaskPage(tasks=[dict(row._mapping) for row in rows], has_more=has_more)
 

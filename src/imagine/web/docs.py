@@ -26,6 +26,7 @@ PAGE = """<!doctype html>
 <title>{title} API reference</title>
 <link rel="icon" href="data:,">
 <link rel="stylesheet" href="{root}{swagger_ui}/swagger-ui.css">
+<link rel="stylesheet" href="{root}{static}/docs.css">
 <script src="{root}{swagger_ui}/swagger-ui-bundle.js" defer></script>
 <script src="{root}{static}/docs.js" defer></script>
 </head>

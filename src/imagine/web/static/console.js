@@ -4,6 +4,15 @@
 (function () {
   "use strict";
 
+  // Sentences in the page's language, given by the server on <body>.
+  function message(name, values) {
+    var text = document.body.getAttribute("data-msg-" + name) || name;
+    Object.keys(values || {}).forEach(function (key) {
+      text = text.replace("{" + key + "}", values[key]);
+    });
+    return text;
+  }
+
   function announce(text) {
     var region = document.getElementById("announcer");
     if (!region) return;
@@ -18,8 +27,8 @@
     var source = document.getElementById(button.getAttribute("data-copy"));
     if (!source || !navigator.clipboard) return;
     navigator.clipboard.writeText(source.textContent.trim()).then(
-      function () { announce("Copied"); button.setAttribute("data-copied", "yes"); },
-      function () { announce("Copy failed: select the text and copy it by hand"); }
+      function () { announce(message("copied")); button.setAttribute("data-copied", "yes"); },
+      function () { announce(message("copy-failed")); }
     );
   });
 
@@ -32,10 +41,12 @@
     var next = THEMES[(THEMES.indexOf(root.getAttribute("data-theme")) + 1) % THEMES.length];
     root.setAttribute("data-theme", next);
     document.cookie = "imagine_theme=" + next + "; path=/; max-age=31536000; samesite=strict";
+    var label = document.body.getAttribute("data-theme-" + next) || next;
     var name = toggle.querySelector("[data-theme-name]");
-    if (name) name.textContent = next;
-    toggle.setAttribute("aria-label", "Colour theme: " + next);
-    announce("Theme: " + next);
+    if (name) name.textContent = label;
+    var sentence = message("theme", { name: label });
+    toggle.setAttribute("aria-label", sentence);
+    announce(sentence);
   });
 
   // Forms that ask before they act (data-confirm holds the question).
@@ -60,7 +71,7 @@
     var status = live.getAttribute("data-status");
     if (lastStatus[task] !== status) {
       lastStatus[task] = status;
-      announce("Task " + status);
+      announce(message("task", { status: live.getAttribute("data-status-label") || status }));
     }
   });
 })();

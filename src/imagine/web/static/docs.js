@@ -10,7 +10,9 @@
     domNode: node,
     presets: [SwaggerUIBundle.presets.apis],
     layout: "BaseLayout",
-    deepLinking: true,
+    // Deep links would put a link inside each operation's expand button:
+    // nested controls that keyboards and screen readers cannot tell apart.
+    deepLinking: false,
     showExtensions: true,
     showCommonExtensions: true,
     // Never ask the public validator (another origin) about this document.
