@@ -17,10 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from imagine.observability import logs
 from imagine.observability.http import UNROUTED
+from imagine.observability.metrics import RequestDurations
 
 from conftest import RunningServer, make_settings, start_server
 from helpers import wait_for_task
@@ -274,3 +276,37 @@ def test_lines_are_batched_but_a_warning_writes_everything_before_it_at_once() -
             time.sleep(0.01)
     finally:
         logger.removeHandler(handler)
+
+
+def test_request_durations_count_each_value_in_the_first_bucket_that_holds_it() -> None:
+    histogram = RequestDurations(
+        "test_seconds", "test", ["route"], (0.01, 0.1), CollectorRegistry()
+    )
+    observe = histogram.observer("/x")
+    for seconds in (0.01, 0.0100001, 0.1, 5.0):
+        observe(seconds)
+    (family,) = histogram.collect()
+    got = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert got[("test_seconds_bucket", "0.01")] == 1  # le is inclusive
+    assert got[("test_seconds_bucket", "0.1")] == 3
+    assert got[("test_seconds_bucket", "+Inf")] == got[("test_seconds_count", None)] == 4
+    assert got[("test_seconds_sum", None)] == pytest.approx(5.1200001)
+
+
+def test_the_access_line_fast_path_redacts_a_key_in_a_path() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.configure("info", "json", stream)
+    try:
+        with logs.bound(request_id="r-2"):
+            logs.log_fields(
+                logging.getLogger("imagine.access"),
+                logging.WARNING,  # written at once
+                "request",
+                {"path": f"/v1/status/{KEY}", "status": 404},
+            )
+        (line,) = [json.loads(text) for text in stream.getvalue().splitlines()]
+    finally:
+        root.handlers[:], root.level = handlers, level
+    assert line["path"] == "/v1/status/imk_[redacted]" and line["request_id"] == "r-2"

@@ -136,9 +136,7 @@ class RequestTelemetry:
             key = (method, route, status)
             observe = self._observers.get(key)
             if observe is None:
-                observe = self._observers[key] = HTTP_DURATION.labels(
-                    method, route, str(status)
-                ).observe
+                observe = self._observers[key] = HTTP_DURATION.observer(method, route, str(status))
             observe(elapsed)
         path: str = scope["path"]
         level = logging.DEBUG if path in PROBES else logging.INFO

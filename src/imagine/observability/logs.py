@@ -106,11 +106,15 @@ _REDACTIONS = (
 )
 
 
-def _may_hold_secret(text: str) -> bool:
+def _may_hold_secret(text: str, free_text: bool) -> bool:
     """What every pattern above needs (an `=`, a prefix, a header's name): a chain
-    of substring tests, a few hundred nanoseconds for a line."""
+    of substring tests, a few hundred nanoseconds for a line. Header names and
+    bearer tokens are looked for (case-insensitively) only in `free_text`:
+    messages and tracebacks, not the structured lines of `log_fields`."""
     if "=" in text or "imk_" in text or "whsec_" in text:
         return True
+    if not free_text:
+        return False
     lowered = text.lower()
     return (
         "bearer" in lowered
@@ -121,9 +125,9 @@ def _may_hold_secret(text: str) -> bool:
     )
 
 
-def redact(text: str) -> str:
+def redact(text: str, *, free_text: bool = True) -> str:
     """`text` with every secret-looking value replaced by `[redacted]`."""
-    if not _may_hold_secret(text):
+    if not _may_hold_secret(text, free_text):
         return text
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
@@ -168,6 +172,8 @@ def json_line(
     event: str,
     extra: Mapping[str, Any] | None = None,
     exception: str | None = None,
+    *,
+    free_text: bool = True,
 ) -> str:
     """One line: `{"time", "level", "logger", "event", …context, …extra, "exception"?}`."""
     entry: dict[str, Any] = {
@@ -180,7 +186,7 @@ def json_line(
     }
     if exception:
         entry["exception"] = exception
-    return redact(orjson.dumps(entry, default=str).decode())
+    return redact(orjson.dumps(entry, default=str).decode(), free_text=free_text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -283,7 +289,9 @@ def log_fields(logger: logging.Logger, level: int, event: str, values: dict[str,
         logger.log(level, event, extra={"fields": values})
         return
     try:
-        line = json_line(time.time(), level, logger.name, event, values)
+        # Its event is a constant and its values are fields: a client's path or
+        # request id may carry a key or a `name=value`, never a header.
+        line = json_line(time.time(), level, logger.name, event, values, free_text=False)
         with handler.lock:  # type: ignore[union-attr]
             handler.write(line, urgent=level >= logging.WARNING)
     except Exception:

@@ -19,8 +19,10 @@ committed, never inside it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from functools import wraps
+from itertools import accumulate
 from typing import ParamSpec, TypeVar
 
 from prometheus_client import (
@@ -33,6 +35,8 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 from imagine import __version__
 from imagine.failures import FailureReason
@@ -56,12 +60,59 @@ BUILD_INFO = Gauge(
 )
 BUILD_INFO.labels(__version__).set(1)
 
-HTTP_DURATION = Histogram(
+
+class RequestDurations:
+    """A histogram for the one place that records on every request: the
+    request layer, on the event loop's thread. prometheus-client's `Histogram`
+    takes a lock for the sum and another for the bucket; these are a list of
+    bucket counts and a sum per series, incremented in place (the scrape,
+    from any thread, reads whatever they hold then)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = list(labelnames)
+        self.bounds = tuple(float(bound) for bound in buckets)
+        self._les = [floatToGoString(bound) for bound in self.bounds]  # type: ignore[no-untyped-call]
+        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        registry.register(self)
+
+    def observer(self, *labels: str) -> Callable[[float], None]:
+        """The `observe(seconds)` of one series (its label values, in order)."""
+        counts, total = self._series.setdefault(labels, ([0] * (len(self.bounds) + 1), [0.0]))
+        bounds = self.bounds
+
+        def observe(seconds: float) -> None:
+            counts[bisect_left(bounds, seconds)] += 1  # the first bucket with le >= seconds
+            total[0] += seconds
+
+        return observe
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, (counts, total) in list(self._series.items()):
+            cumulative = list(accumulate(counts))
+            buckets = [*zip(self._les, cumulative, strict=False), ("+Inf", cumulative[-1])]
+            family.add_metric(list(labels), buckets, total[0])
+        yield family
+
+
+HTTP_DURATION = RequestDurations(
     "http_server_request_duration_seconds",
     "Time to answer an HTTP request, by method, route template and status.",
     ["http_request_method", "http_route", "http_response_status_code"],
-    buckets=HTTP_BUCKETS,
-    registry=REGISTRY,
+    HTTP_BUCKETS,
+    REGISTRY,
 )
 TASKS_SUBMITTED = Counter(
     "imagine_tasks_submitted",
