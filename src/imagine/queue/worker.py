@@ -30,7 +30,7 @@ from imagine.failures import TEST_OUTCOMES, Cancelled, FailureReason, TaskFailur
 from imagine.media.fetch import ImageFetcher, gather_or_cancel, inspect_images
 from imagine.media.images import InputImage
 from imagine.moderation.moderator import ContentRefused, Moderator, Refusal
-from imagine.observability import logs, tracing
+from imagine.observability import logs, metrics, tracing
 from imagine.observability.metrics import LEASE_LOST, RUN_DURATION, STAGE_DURATION
 from imagine.queue import repository as queue
 from imagine.queue.repository import ClaimedTask
@@ -326,6 +326,8 @@ class Worker:
         outcome = await queue.fail(
             self.db, claimed, reason, detail, retry_after=retry_after, refusal=refusal
         )
+        if refusal is not None and outcome == FAILED:
+            metrics.content_refused(refusal.stage, refusal.check)
         log.warning(
             "%s: %s attempt %d failed (%s): %s -> %s",
             self.name,
