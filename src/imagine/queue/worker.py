@@ -34,7 +34,7 @@ from imagine.queue.repository import ClaimedTask
 from imagine.storage.base import Storage
 from imagine.tasks.inputs import InputStore
 from imagine.tasks.schemas import GenerationRequest, StoredImage
-from imagine.tasks.states import FAILED
+from imagine.tasks.states import CANCELLED, COMPLETED, FAILED
 
 log = logging.getLogger("imagine.worker")
 
@@ -185,11 +185,13 @@ class Worker:
                 self._generate(claimed, control, workdir), self.config.task_timeout
             )
             keys = [await asyncio.to_thread(self.storage.save, task_id, path) for path in paths]
-            if await queue.complete(self.db, claimed, keys):
-                ended = True
+            outcome = await queue.complete(self.db, claimed, keys)
+            ended = outcome is not None
+            if outcome == COMPLETED:
                 log.info("%s: %s completed (attempt %d)", self.name, task_id, claimed.attempt)
             else:
-                log.warning("%s: result of %s discarded: lease lost", self.name, task_id)
+                why = "cancelled by its owner first" if ended else "lease lost"
+                log.warning("%s: result of %s discarded: %s", self.name, task_id, why)
                 for key in keys:
                     await asyncio.to_thread(self.storage.delete, key)
         except Cancelled:
@@ -197,8 +199,10 @@ class Worker:
                 if await queue.cancel_running(self.db, claimed):
                     ended = True
                     log.info("%s: %s cancelled and refunded", self.name, task_id)
-            elif self._stopping.is_set() and await queue.release(self.db, claimed):
-                log.info("%s: %s handed back to the queue at shutdown", self.name, task_id)
+            elif self._stopping.is_set():
+                released = await queue.release(self.db, claimed)
+                ended = released == CANCELLED
+                log.info("%s: %s at shutdown: %s", self.name, task_id, released or "lease lost")
         except TaskFailure as failure:
             ended = await self._fail(
                 claimed,
@@ -294,7 +298,7 @@ class Worker:
             detail,
             outcome or "lease lost",
         )
-        return outcome == FAILED
+        return outcome in (FAILED, CANCELLED)
 
 
 def _refusal_of(claimed: ClaimedTask, failure: TaskFailure) -> Refusal | None:
