@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagine.api.security import SECURITY_HEADERS
 from imagine.api.text import TEXT_ERROR, TEXT_RULE, scrub
+from imagine.db.unavailable import database_unavailable
 from imagine.errors import (
     ApiError,
     InternalError,
@@ -27,6 +28,7 @@ from imagine.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
 )
 
 log = logging.getLogger("imagine.api")
@@ -59,6 +61,20 @@ def error_response(exc: ApiError) -> JSONResponse:
         status_code=exc.status,
         headers=exc.headers,
     )
+
+
+def unexpected(exc: BaseException, where: str) -> ApiError:
+    """What a client sees of an exception nothing planned for: 503 while the
+    database is out of reach (worth retrying), otherwise a logged 500."""
+    if database_unavailable(exc):
+        log.warning("database unavailable on %s: %s", where, exc)
+        return ServiceUnavailable(
+            "The service is temporarily unavailable, please retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    request_id = secrets.token_hex(8)
+    log.error("unhandled error (request %s) on %s", request_id, where, exc_info=exc)
+    return InternalError(f"Internal server error (request id {request_id})")
 
 
 def validation_message(exc: RequestValidationError) -> str:
@@ -124,15 +140,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = secrets.token_hex(8)
-        log.error(
-            "unhandled error (request %s) on %s %s",
-            request_id,
-            request.method,
-            request.url.path,
-            exc_info=exc,
-        )
-        return error_response(InternalError(f"Internal server error (request id {request_id})"))
+        return error_response(unexpected(exc, f"{request.method} {request.url.path}"))
 
 
 def document_errors_as_envelopes(app: FastAPI) -> None:

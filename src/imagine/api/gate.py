@@ -9,7 +9,6 @@ headers on every answer to an authenticated caller, whatever produced it.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 
 from starlette.datastructures import Headers
@@ -17,11 +16,10 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagine.accounts.service import Principal
-from imagine.api.envelope import error_response
+from imagine.api.envelope import error_response, unexpected
 from imagine.api.ratelimit import RateLimiter, StorageError
 from imagine.errors import (
     ApiError,
-    InternalError,
     PayloadTooLarge,
     RateLimited,
     ServiceUnavailable,
@@ -61,7 +59,11 @@ class V1Gate:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         principal = None
         if scheme.lower() == "bearer" and token.strip():
-            principal = await self.authenticate(token.strip())
+            try:
+                principal = await self.authenticate(token.strip())
+            except Exception as exc:
+                await self._refuse(unexpected(exc, path), scope, receive, send)
+                return
         if principal is None:
             await self._refuse(Unauthorized(), scope, receive, send)
             return
@@ -126,11 +128,7 @@ class V1Gate:
             # Unexpected errors still answer with the envelope and the limit headers.
             if started:
                 raise
-            request_id = secrets.token_hex(8)
-            log.error("unhandled error (request %s) on %s", request_id, path, exc_info=exc)
-            await error_response(InternalError(f"Internal server error (request id {request_id})"))(
-                scope, receive, send_with_limits
-            )
+            await error_response(unexpected(exc, path))(scope, receive, send_with_limits)
 
     async def _read_body(self, headers: Headers, receive: Receive) -> bytes | None:
         """The whole body, or None once it passes the limit (Content-Length is not

@@ -237,11 +237,21 @@ async def cancel_requested(db: Database, claimed: ClaimedTask) -> bool:
 async def complete(db: Database, claimed: ClaimedTask, outputs: list[str]) -> str | None:
     """Record the result: `completed`; `cancelled` when its owner's cancel came
     first (the outputs are then not kept); None when another worker owns the
-    task now."""
+    task now. Repeating a completion whose commit was acknowledged to no one
+    (the connection dropped) answers `completed` again, so its files are kept."""
     async with db.write() as session:
         if await _end(session, _owned_uncancelled(claimed), COMPLETED, outputs=outputs):
             return COMPLETED
-        return await _cancel_if_requested(session, claimed)
+        if ended := await _cancel_if_requested(session, claimed):
+            return ended
+        row = (
+            await session.execute(
+                select(Task.status, Task.outputs).where(Task.id == claimed.task_id)
+            )
+        ).first()
+    if row is not None and row.status == COMPLETED and row.outputs == outputs:
+        return COMPLETED
+    return None
 
 
 async def fail(

@@ -18,12 +18,13 @@ import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from imagine.db.database import Database
+from imagine.db.unavailable import database_unavailable, log_failure
 from imagine.engines.base import Engine, GenerationJob, JobControl
 from imagine.failures import TEST_OUTCOMES, Cancelled, FailureReason, TaskFailure
 from imagine.media.fetch import ImageFetcher, gather_or_cancel, inspect_images
@@ -43,6 +44,11 @@ PROGRESS_WRITE_INTERVAL = 1.0
 # shorter side: room for the preview's pan and zoom and for engines that crop,
 # while a 50-megapixel photo shrinks to a few megapixels before any engine sees it.
 INPUT_HEADROOM = 2
+# An ending that finds the database unreachable is written again after these
+# pauses (doubling), until it is back.
+SETTLE_FIRST_DELAY = 0.2
+SETTLE_MAX_DELAY = 2.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -100,12 +106,15 @@ class Worker:
                 await queue.recover_expired(self.db)
                 claimed = await queue.claim(self.db, self.name, self.config.lease_seconds)
             except Exception:
-                log.exception("%s: queue access failed", self.name)
+                log_failure(log, "%s: queue access failed", self.name)
                 claimed = None
             if claimed is None:
                 await self._idle()
                 continue
-            await self.process(claimed)
+            try:
+                await self.process(claimed)
+            except Exception:  # the loop outlives any one task; its lease recovers it
+                log.exception("%s: processing %s stopped", self.name, claimed.task_id)
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -162,7 +171,7 @@ class Worker:
                     )
                     written, since_lease = percent, 0.0
             except Exception:
-                log.exception("%s: heartbeat failed for %s", self.name, claimed.task_id)
+                log_failure(log, "%s: heartbeat failed for %s", self.name, claimed.task_id)
                 continue
             if not beat.alive:
                 log.warning("%s: lost the lease on %s; stopping it", self.name, claimed.task_id)
@@ -185,7 +194,7 @@ class Worker:
                 self._generate(claimed, control, workdir), self.config.task_timeout
             )
             keys = [await asyncio.to_thread(self.storage.save, task_id, path) for path in paths]
-            outcome = await queue.complete(self.db, claimed, keys)
+            outcome = await self._settle(lambda: queue.complete(self.db, claimed, keys))
             ended = outcome is not None
             if outcome == COMPLETED:
                 log.info("%s: %s completed (attempt %d)", self.name, task_id, claimed.attempt)
@@ -196,11 +205,11 @@ class Worker:
                     await asyncio.to_thread(self.storage.delete, key)
         except Cancelled:
             if progress.stop_reason == "cancelled":
-                if await queue.cancel_running(self.db, claimed):
+                if await self._settle(lambda: queue.cancel_running(self.db, claimed)):
                     ended = True
                     log.info("%s: %s cancelled and refunded", self.name, task_id)
             elif self._stopping.is_set():
-                released = await queue.release(self.db, claimed)
+                released = await self._settle(lambda: queue.release(self.db, claimed))
                 ended = released == CANCELLED
                 log.info("%s: %s at shutdown: %s", self.name, task_id, released or "lease lost")
         except TaskFailure as failure:
@@ -223,6 +232,22 @@ class Worker:
             shutil.rmtree(workdir, ignore_errors=True)
             if ended:  # committed: its input images are no longer needed
                 await self.inputs.discard(claimed.request.stored_images)
+
+    async def _settle(self, write: Callable[[], Awaitable[T]]) -> T:
+        """An ending's write, tried again while the database is out of reach (a
+        failover): the result waits in the worker rather than being lost or
+        turned into a failure. Each write is fenced by the lease, so repeating
+        one is safe. Gives up only when the worker is told to stop."""
+        delay = SETTLE_FIRST_DELAY
+        while True:
+            try:
+                return await write()
+            except Exception as exc:
+                if not database_unavailable(exc) or self._stopping.is_set():
+                    raise
+                log.warning("%s: database unavailable, retrying in %.1fs", self.name, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SETTLE_MAX_DELAY)
 
     async def _generate(
         self, claimed: ClaimedTask, control: JobControl, workdir: Path
@@ -286,8 +311,10 @@ class Worker:
     ) -> bool:
         """Fail this attempt; True when that ended the task (no retry left)."""
         retry_after = self.config.retry_delay * 2 ** (claimed.attempt - 1) if retryable else None
-        outcome = await queue.fail(
-            self.db, claimed, reason, detail, retry_after=retry_after, refusal=refusal
+        outcome = await self._settle(
+            lambda: queue.fail(
+                self.db, claimed, reason, detail, retry_after=retry_after, refusal=refusal
+            )
         )
         log.warning(
             "%s: %s attempt %d failed (%s): %s -> %s",
