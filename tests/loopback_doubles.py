@@ -12,6 +12,7 @@ import json
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class Reply:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     forward: bool = False
+    delay: float = 0.0  # seconds of silence first (longer than a client's timeout: a hang)
 
 
 @dataclass
@@ -107,6 +109,12 @@ class FaultProxy:
             def do_POST(self) -> None:
                 self.handle_any()
 
+            def do_PUT(self) -> None:
+                self.handle_any()
+
+            def do_DELETE(self) -> None:
+                self.handle_any()
+
             def handle_any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
@@ -115,6 +123,8 @@ class FaultProxy:
                     number = len(proxy.seen)
                     proxy.seen.append(seen)
                 fault = proxy.rule(seen, number)
+                if fault is not None and fault.delay:
+                    time.sleep(fault.delay)
                 if fault is not None and not fault.forward:
                     seen.status = fault.status
                     self.reply(fault.status, fault.body, fault.headers)

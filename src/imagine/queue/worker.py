@@ -193,7 +193,7 @@ class Worker:
             paths = await asyncio.wait_for(
                 self._generate(claimed, control, workdir), self.config.task_timeout
             )
-            keys = [await asyncio.to_thread(self.storage.save, task_id, path) for path in paths]
+            keys = await self._store(task_id, paths)
             outcome = await self._settle(lambda: queue.complete(self.db, claimed, keys))
             ended = outcome is not None
             if outcome == COMPLETED:
@@ -232,6 +232,21 @@ class Worker:
             shutil.rmtree(workdir, ignore_errors=True)
             if ended:  # committed: its input images are no longer needed
                 await self.inputs.discard(claimed.request.stored_images)
+
+    async def _store(self, task_id: str, paths: list[Path]) -> list[str]:
+        """Every output in storage, or none: when one cannot be stored (after the
+        storage's own retries), those already stored are deleted and the
+        attempt fails (the queue retries it)."""
+        keys: list[str] = []
+        try:
+            for path in paths:
+                keys.append(await asyncio.to_thread(self.storage.save, task_id, path))
+        except BaseException:
+            for key in keys:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.storage.delete, key)
+            raise
+        return keys
 
     async def _settle(self, write: Callable[[], Awaitable[T]]) -> T:
         """An ending's write, tried again while the database is out of reach (a
