@@ -35,7 +35,7 @@ from imagine.queue.repository import ClaimedTask
 from imagine.storage.base import Storage
 from imagine.tasks.inputs import InputStore
 from imagine.tasks.schemas import GenerationRequest, StoredImage
-from imagine.tasks.states import CANCELLED, COMPLETED, FAILED
+from imagine.tasks.states import CANCELLED, COMPLETED, FAILED, PENDING
 
 log = logging.getLogger("imagine.worker")
 
@@ -211,7 +211,10 @@ class Worker:
             elif self._stopping.is_set():
                 released = await self._settle(lambda: queue.release(self.db, claimed))
                 ended = released == CANCELLED
-                log.info("%s: %s at shutdown: %s", self.name, task_id, released or "lease lost")
+                if released == PENDING:
+                    log.info("%s: %s handed back to the queue at shutdown", self.name, task_id)
+                elif ended:
+                    log.info("%s: %s cancelled at shutdown, as its owner asked", self.name, task_id)
         except TaskFailure as failure:
             ended = await self._fail(
                 claimed,
