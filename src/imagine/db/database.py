@@ -109,6 +109,13 @@ class Database:
         async with self._read_engine.connect() as conn:
             return [dict(row) for row in (await conn.execute(statement, dict(params))).mappings()]
 
+    async def write_one(self, statement: Executable, params: Mapping[str, Any]) -> list[Row] | None:
+        """A statement that writes, as its own transaction in one round trip, on
+        PostgreSQL's asyncpg pool; None elsewhere (the caller does it another way)."""
+        if self._postgres_reads is None:
+            return None
+        return await self._postgres_reads.write(statement, params)
+
     async def transaction(self, work: Callable[..., T], *args: Any) -> T:
         """`work(tx, *args)` in one transaction, returning once it is committed.
 

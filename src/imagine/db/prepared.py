@@ -166,6 +166,19 @@ class AsyncpgReads:
             return [compiled.row(tuple(record)) for record in records]
         raise AssertionError("unreachable")
 
+    async def write(self, statement: Executable, params: Mapping[str, Any]) -> list[Row]:
+        """One statement that writes, alone in its transaction, in one round
+        trip. Never repeated: a lost connection may have lost only the answer
+        to a commit, so the error goes to the caller (and the pool is renewed)."""
+        compiled = prepared(statement, self._dialect)
+        pool = self._pool or await self._open()
+        try:
+            records = await pool.fetch(compiled.sql, *compiled.parameters(params))
+        except CONNECTION_LOST:
+            await pool.expire_connections()
+            raise
+        return [compiled.row(tuple(record)) for record in records]
+
     async def _open(self) -> asyncpg.Pool:
         """The pool, created once however many reads arrive before it exists."""
         if self._opening is None:
