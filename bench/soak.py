@@ -38,6 +38,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench import servers
 from bench.pg import TemporaryDatabase
 from bench.servers import QUIET, ROOT, free_port
 
@@ -262,7 +263,6 @@ def run(seconds: float, rate: float, warmup: float, sample_every: float) -> dict
                 "IMAGINE_DATABASE_URL": database.url,
                 "IMAGINE_REDIS_URL": REDIS_URL,
                 "IMAGINE_SECRET_KEY": os.urandom(24).hex(),
-                "IMAGINE_RATE_LIMIT_PRO": "1000000",
                 "IMAGINE_ALLOW_PRIVATE_URLS": "true",
                 "IMAGINE_POLL_INTERVAL": "0.1",
             }
@@ -273,32 +273,7 @@ def run(seconds: float, rate: float, warmup: float, sample_every: float) -> dict
                 check=True,
                 capture_output=True,
             )
-            keys = [
-                json.loads(
-                    subprocess.run(
-                        [
-                            sys.executable,
-                            "-m",
-                            "imagine",
-                            "keys",
-                            "create",
-                            "--plan",
-                            "pro",
-                            "--credits",
-                            "100000000",
-                            "--json",
-                            "--data-dir",
-                            str(data),
-                        ],
-                        cwd=ROOT,
-                        env=env,
-                        check=True,
-                        capture_output=True,
-                        text=True,
-                    ).stdout
-                )["key"]
-                for _ in range(ACCOUNTS)
-            ]
+            keys = [servers.create_key(data, env)["key"] for _ in range(ACCOUNTS)]
             apis = []
             for i in range(2):
                 port = free_port()
