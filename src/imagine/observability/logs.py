@@ -278,7 +278,8 @@ def log_fields(logger: logging.Logger, level: int, event: str, values: dict[str,
     if not logger.isEnabledFor(level):
         return
     handler = _json_handler
-    if handler is None or logging.root.handlers != [handler] or logger.handlers:
+    handlers = logging.root.handlers
+    if handler is None or len(handlers) != 1 or handlers[0] is not handler or logger.handlers:
         logger.log(level, event, extra={"fields": values})
         return
     try:
