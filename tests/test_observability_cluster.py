@@ -228,7 +228,9 @@ def test_prometheus_sees_exactly_the_work_a_cluster_did(
 
         age = (utcnow() - run_db(settings, oldest_pending)).total_seconds()
         reported = prom.value('max(imagine_queue_oldest_age_seconds{engine="preview"})')
-        assert reported is not None and reported > 0 and abs(reported - age) < 4
+        # As old as it was at the last scrape: a second of cache and one of scrape
+        # interval behind, more on a loaded machine.
+        assert reported is not None and 0 < reported <= age + 0.5 and reported > age - 8
 
         for task_id in waiting:
             cancelled = calls.call("POST", "/v1/cancel", live["key"], json={"task_id": task_id})
