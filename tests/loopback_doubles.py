@@ -4,7 +4,8 @@
 server and misbehaves on cue (a 429, a lost answer), so client behaviour under
 faults is tested against the real service rather than a mock of it;
 `Http2CutProxy` does the same for gRPC at the TCP level (a connection lost
-after the server acted, before its answer arrived).
+after the server acted, before its answer arrived), and `TcpCut` relays TCP
+to a real server (PostgreSQL, Redis) and can cut it off.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,6 +77,7 @@ class Reply:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     forward: bool = False
+    delay: float = 0.0  # seconds of silence first (longer than a client's timeout: a hang)
 
 
 @dataclass
@@ -108,6 +112,12 @@ class FaultProxy:
             def do_POST(self) -> None:
                 self.handle_any()
 
+            def do_PUT(self) -> None:
+                self.handle_any()
+
+            def do_DELETE(self) -> None:
+                self.handle_any()
+
             def handle_any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
@@ -116,6 +126,8 @@ class FaultProxy:
                     number = len(proxy.seen)
                     proxy.seen.append(seen)
                 fault = proxy.rule(seen, number)
+                if fault is not None and fault.delay:
+                    time.sleep(fault.delay)
                 if fault is not None and not fault.forward:
                     seen.status = fault.status
                     self.reply(fault.status, fault.body, fault.headers)
@@ -343,3 +355,81 @@ class Http2CutProxy:
         self._thread.join()
         self.sock.close()
         self._close(*self._open)
+
+
+class TcpCut:
+    """A loopback TCP relay to `127.0.0.1:upstream_port` that a test cuts (every
+    open connection dropped, new ones closed at once: the server is gone) and
+    restores (the server is back, at the same address)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self._up = threading.Event()
+        self._up.set()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def cut(self) -> None:
+        self._up.clear()
+        with self._lock:
+            doomed, self._open = self._open, set()
+        for conn in doomed:
+            _drop(conn)
+
+    def restore(self) -> None:
+        self._up.set()
+
+    def close(self) -> None:
+        self.cut()
+        self._closed.set()
+        self._thread.join()
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            if not self._up.is_set():
+                _drop(conn)
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                _drop(conn)
+                continue
+            with self._lock:
+                self._open.update((conn, upstream))
+            for source, sink in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        for conn in (source, sink):
+            _drop(conn)
+            with self._lock:
+                self._open.discard(conn)
+
+
+def _drop(conn: socket.socket) -> None:
+    """Reset the connection (RST, not a polite FIN) and wake whoever reads it."""
+    try:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()

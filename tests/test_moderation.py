@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from imagine.accounts import service as accounts
@@ -635,3 +636,24 @@ def test_refusals_are_recorded_and_reviewed_on_postgresql(
             f"/v1/admin/moderation/{refusal['refusal_id']}/review", json={"false_positive": True}
         )
         assert reviewed.json()["data"]["false_positive"] is True
+
+
+def refusals_counted(client: httpx.Client, stage: str, check: str) -> float:
+    """`imagine_moderation_refusals_total{stage, check}` as /metrics shows it now."""
+    text = client.get("/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "imagine_moderation_refusals_total" and sample.labels == {
+                "stage": stage,
+                "check": check,
+            }:
+                return float(sample.value)
+    return 0.0
+
+
+def test_refusals_are_counted_in_the_metrics(site: Site) -> None:
+    issued = site.server.new_key(credits=1000)
+    with site.client(issued.key) as client:
+        before = refusals_counted(client, "input", "words")
+        assert_refused(site, client, submit(client, "a beheading at noon"))
+        assert refusals_counted(client, "input", "words") == before + 1

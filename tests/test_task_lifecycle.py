@@ -127,9 +127,11 @@ def test_cancel_racing_completion_charges_or_refunds_exactly_once(server: Runnin
         for _ in range(12):
             task_id = submit(client, {"prompt": "race", "duration": 1, "ratio": "1:1"})
             time.sleep(rng.uniform(0, 0.4))
-            client.post("/v1/cancel", json={"task_id": task_id})
+            answer = client.post("/v1/cancel", json={"task_id": task_id}).status_code
             data = wait_for_task(client, task_id)
             outcomes.append(data["status"])
+            # linearizable: a cancel answered 200 wins; a 409 came after the completion
+            assert (answer, data["status"]) in {(200, "cancelled"), (409, "completed")}
             expected = ["debit"] if data["status"] == "completed" else ["debit", "refund"]
             assert ledger_kinds(server, task_id) == expected
             assert data["consumed_credits"] == (40 if data["status"] == "completed" else 0)

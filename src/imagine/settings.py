@@ -284,6 +284,12 @@ class Settings(BaseSettings):
         default=None,
         description="Public/CDN base URL for stored files instead of presigned URLs.",
     )
+    storage_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Object storage: connect and read timeout of each request; a timed-out "
+        "or 5xx request is retried with back-off (3 tries) before the attempt fails.",
+    )
 
     # --- Per-engine prices and the xai engine (docs/engines/xai.md) ----------
     cost_preview: int | None = Field(

@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from imagine.api.security import SECURITY_HEADERS
 from imagine.api.text import TEXT_ERROR, TEXT_RULE, scrub
+from imagine.db.unavailable import database_unavailable
 from imagine.errors import (
     ApiError,
     InternalError,
@@ -27,6 +28,7 @@ from imagine.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
 )
 from imagine.observability import logs
 
@@ -60,6 +62,20 @@ def error_response(exc: ApiError) -> JSONResponse:
         status_code=exc.status,
         headers=exc.headers,
     )
+
+
+def unexpected(exc: BaseException, where: str) -> ApiError:
+    """What a client sees of an exception nothing planned for: 503 while the
+    database is out of reach (worth retrying), otherwise a logged 500."""
+    if database_unavailable(exc):
+        log.warning("database unavailable on %s: %s", where, exc)
+        return ServiceUnavailable(
+            "The service is temporarily unavailable, please retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    request_id = logs.request_id()
+    log.error("unhandled error (request %s) on %s", request_id, where, exc_info=exc)
+    return InternalError(f"Internal server error (request id {request_id})")
 
 
 def validation_message(exc: RequestValidationError) -> str:
@@ -130,15 +146,7 @@ def install_error_handlers(
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        request_id = logs.request_id()
-        log.error(
-            "unhandled error (request %s) on %s %s",
-            request_id,
-            request.method,
-            request.url.path,
-            exc_info=exc,
-        )
-        return render(InternalError(f"Internal server error (request id {request_id})"))
+        return render(unexpected(exc, f"{request.method} {request.url.path}"))
 
 
 def document_errors_as_envelopes(app: FastAPI) -> None:

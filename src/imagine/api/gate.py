@@ -18,11 +18,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagine.accounts.service import Principal
-from imagine.api.envelope import error_response
+from imagine.api.envelope import error_response, unexpected
 from imagine.api.ratelimit import RateLimiter, RateLimitState, StorageError
 from imagine.errors import (
     ApiError,
-    InternalError,
     PayloadTooLarge,
     RateLimited,
     ServiceUnavailable,
@@ -83,7 +82,10 @@ class Admission:
         scheme, _, token = authorization.partition(" ")
         principal = None
         if scheme.lower() == "bearer" and token.strip():
-            principal = await self.authenticate(token.strip())
+            try:
+                principal = await self.authenticate(token.strip())
+            except Exception as exc:  # the database out of reach: 503, else a logged 500
+                raise unexpected(exc, "the key check") from None
         if principal is None:
             raise Unauthorized()
         logs.bind(account_id=principal.account_id)
@@ -181,11 +183,7 @@ class V1Gate:
             # Unexpected errors still answer with the envelope and the limit headers.
             if started:
                 raise
-            request_id = logs.request_id()
-            log.error("unhandled error (request %s) on %s", request_id, path, exc_info=exc)
-            await self.render(InternalError(f"Internal server error (request id {request_id})"))(
-                scope, receive, send_with_limits
-            )
+            await self.render(unexpected(exc, path))(scope, receive, send_with_limits)
 
     async def _read_body(self, headers: Headers, receive: Receive) -> bytes | None:
         """The whole body, or None once it passes the limit (Content-Length is not

@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session
 from imagine import private_files
 from imagine.db.group_commit import GroupCommitter
 from imagine.db.prepared import AsyncpgReads, ConnectionTx, Row, SqliteTx
+from imagine.db.unavailable import CONNECT_TIMEOUT_SECONDS
 
 T = TypeVar("T")
 
@@ -69,7 +70,17 @@ class Database:
             self._write_engine = _sqlite_engine(url, begin="BEGIN IMMEDIATE")
             self._committer = GroupCommitter(lambda: _sqlite_connect(self._path))
         else:
-            self._read_engine = create_async_engine(url, pool_pre_ping=True)
+            # Bounded waits: during an outage a request is answered 503, not held.
+            self._read_engine = create_async_engine(
+                url,
+                pool_pre_ping=True,
+                pool_timeout=CONNECT_TIMEOUT_SECONDS,
+                connect_args=(
+                    {"timeout": CONNECT_TIMEOUT_SECONDS}
+                    if make_url(url).get_driver_name() == "asyncpg"
+                    else {}
+                ),
+            )
             self._write_engine = self._read_engine
             dialect = self._read_engine.dialect
             if dialect.driver == "asyncpg":
@@ -105,6 +116,13 @@ class Database:
             return await self._postgres_reads.fetch(statement, params)
         async with self._read_engine.connect() as conn:
             return [dict(row) for row in (await conn.execute(statement, dict(params))).mappings()]
+
+    async def write_one(self, statement: Executable, params: Mapping[str, Any]) -> list[Row] | None:
+        """A statement that writes, as its own transaction in one round trip, on
+        PostgreSQL's asyncpg pool; None elsewhere (the caller does it another way)."""
+        if self._postgres_reads is None:
+            return None
+        return await self._postgres_reads.write(statement, params)
 
     async def transaction(self, work: Callable[..., T], *args: Any) -> T:
         """`work(tx, *args)` in one transaction, returning once it is committed.

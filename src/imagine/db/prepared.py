@@ -25,6 +25,8 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from imagine.db.unavailable import CONNECT_TIMEOUT_SECONDS, CONNECTION_LOST
+
 Row = dict[str, Any]
 Processor = Callable[[Any], Any] | None
 
@@ -155,7 +157,7 @@ class AsyncpgReads:
         for attempt in (1, 2):
             try:
                 records = await pool.fetch(compiled.sql, *values)
-            except _CONNECTION_LOST:
+            except CONNECTION_LOST:
                 if attempt == 2:
                     raise
                 # What lost one connection (a restart) has likely lost the others.
@@ -164,11 +166,29 @@ class AsyncpgReads:
             return [compiled.row(tuple(record)) for record in records]
         raise AssertionError("unreachable")
 
+    async def write(self, statement: Executable, params: Mapping[str, Any]) -> list[Row]:
+        """One statement that writes, alone in its transaction, in one round
+        trip. Never repeated: a lost connection may have lost only the answer
+        to a commit, so the error goes to the caller (and the pool is renewed)."""
+        compiled = prepared(statement, self._dialect)
+        pool = self._pool or await self._open()
+        try:
+            records = await pool.fetch(compiled.sql, *compiled.parameters(params))
+        except CONNECTION_LOST:
+            await pool.expire_connections()
+            raise
+        return [compiled.row(tuple(record)) for record in records]
+
     async def _open(self) -> asyncpg.Pool:
         """The pool, created once however many reads arrive before it exists."""
         if self._opening is None:
             self._opening = asyncio.ensure_future(
-                asyncpg.create_pool(min_size=1, max_size=10, init=_json_codec, **self._connect_args)
+                asyncpg.create_pool(
+                    min_size=1,
+                    max_size=10,
+                    init=_json_codec,
+                    **{"timeout": CONNECT_TIMEOUT_SECONDS, **self._connect_args},
+                )
             )
         opening = self._opening
         try:
@@ -184,17 +204,6 @@ class AsyncpgReads:
         if opening is not None:
             with contextlib.suppress(Exception):
                 await (await opening).close()
-
-
-# How a dead connection shows itself, depending on when the loss is noticed;
-# a read is safe to repeat on a fresh one.
-_CONNECTION_LOST = (
-    OSError,
-    asyncpg.exceptions.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,  # e.g. terminated by an administrator
-    asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.InternalClientError,
-)
 
 
 async def _json_codec(connection: asyncpg.Connection) -> None:

@@ -203,6 +203,14 @@ GPU_MEMORY_PEAK = Gauge(
     ["device"],
     registry=REGISTRY,
 )
+MODERATION_REFUSALS = Counter(
+    "imagine_moderation_refusals",
+    "Content refused by the moderation stage (recorded for review), by stage "
+    "(input, output, engine) and check (words, text_classifier, image_hash, "
+    "image_classifier, endpoint, engine).",
+    ["stage", "check"],
+    registry=REGISTRY,
+)
 GPU_OOM = Counter(
     "imagine_gpu_oom",
     "Generations that ran out of GPU memory (diffusers engine).",
@@ -232,6 +240,20 @@ def task_ended(engine: str, status: str, reason: FailureReason | None, refunded:
     TASKS_FINISHED.labels(engine, status, reason_label(reason)).inc()
     if refunded:
         CREDITS_REFUNDED.labels(engine, status).inc(refunded)
+
+
+MODERATION_STAGES = frozenset({"input", "output", "engine"})
+MODERATION_CHECKS = frozenset(
+    {"words", "text_classifier", "image_hash", "image_classifier", "endpoint", "engine"}
+)
+
+
+def content_refused(stage: str, check: str) -> None:
+    """A refusal was recorded (its task failed with the contract's sentence)."""
+    MODERATION_REFUSALS.labels(
+        stage if stage in MODERATION_STAGES else "other",
+        check if check in MODERATION_CHECKS else "other",
+    ).inc()
 
 
 P = ParamSpec("P")

@@ -12,6 +12,13 @@ same statement is safe there.
 
 The queue's metrics (queue wait, tasks finished, refunds, lease expiries) are
 recorded here, once the transaction that makes them true has committed.
+
+A cancel of a running task is linearizable: the cancel stamps
+`cancel_requested_at` under the row's lock, and every ending a worker writes
+(complete, fail, retry, release) is conditioned on that stamp being absent.
+When it is present the same transaction ends the task `cancelled` instead, so
+a cancel that was answered always wins, and one that finds the task finished
+was answered too late to change it.
 """
 
 from __future__ import annotations
@@ -150,9 +157,22 @@ def _owned(claimed: ClaimedTask) -> Any:
     )
 
 
+def _owned_uncancelled(claimed: ClaimedTask) -> Any:
+    """Owned, and no cancel was asked for: the condition of every worker ending
+    other than a cancel."""
+    return _owned(claimed) & Task.cancel_requested_at.is_(None)
+
+
 async def _fenced_update(session: AsyncSession, claimed: ClaimedTask, **values: Any) -> bool:
-    result = await session.execute(update(Task).where(_owned(claimed)).values(**values))
+    result = await session.execute(update(Task).where(_owned_uncancelled(claimed)).values(**values))
     return bool(getattr(result, "rowcount", 0))
+
+
+async def _cancel_if_requested(session: AsyncSession, claimed: ClaimedTask) -> Ended | None:
+    """After a worker's ending found a cancel stamp in its way: end the task
+    `cancelled` (refunded) in the same transaction. None: the lease was lost."""
+    wanted = _owned(claimed) & Task.cancel_requested_at.is_not(None)
+    return await _end(session, wanted, CANCELLED, detail="cancelled while processing")
 
 
 async def _end(
@@ -237,7 +257,10 @@ async def save_engine_state(db: Database, claimed: ClaimedTask, state: dict[str,
     """Keep what the engine needs to resume this task on a later attempt; fenced,
     so a worker that lost the task cannot overwrite the new owner's state."""
     async with db.write() as session:
-        return await _fenced_update(session, claimed, engine_state=state, updated_at=utcnow())
+        result = await session.execute(
+            update(Task).where(_owned(claimed)).values(engine_state=state, updated_at=utcnow())
+        )
+    return bool(getattr(result, "rowcount", 0))
 
 
 async def cancel_requested(db: Database, claimed: ClaimedTask) -> bool:
@@ -249,11 +272,28 @@ async def cancel_requested(db: Database, claimed: ClaimedTask) -> bool:
     return requested is not None
 
 
-async def complete(db: Database, claimed: ClaimedTask, outputs: list[str]) -> bool:
-    """Record the result; False means another worker owns the task now."""
+async def complete(db: Database, claimed: ClaimedTask, outputs: list[str]) -> str | None:
+    """Record the result: `completed`; `cancelled` when its owner's cancel came
+    first (the outputs are then not kept); None when another worker owns the
+    task now. Repeating a completion whose commit was acknowledged to no one
+    (the connection dropped) answers `completed` again, so its files are kept."""
     async with db.write() as session:
-        ended = await _end(session, _owned(claimed), COMPLETED, outputs=outputs)
-    return _recorded(ended)
+        ended = await _end(session, _owned_uncancelled(claimed), COMPLETED, outputs=outputs)
+        if ended is None:
+            ended = await _cancel_if_requested(session, claimed)
+        row = None
+        if ended is None:
+            row = (
+                await session.execute(
+                    select(Task.status, Task.outputs).where(Task.id == claimed.task_id)
+                )
+            ).first()
+    if _recorded(ended):
+        assert ended is not None
+        return ended.status
+    if row is not None and row.status == COMPLETED and row.outputs == outputs:
+        return COMPLETED  # an earlier try of this same ending committed
+    return None
 
 
 async def fail(
@@ -267,9 +307,12 @@ async def fail(
 ) -> str | None:
     """End an attempt that failed. With `retry_after` and attempts left, the task
     goes back to the queue; otherwise it fails for good and is refunded, and a
-    content `refusal` is recorded in the same transaction.
+    content `refusal` is recorded in the same transaction; a cancel asked for
+    meanwhile ends it `cancelled` instead.
     Returns the new status, or None when the lease was already lost."""
     now = utcnow()
+    ended: Ended | None = None
+    cancelled: Ended | None = None
     async with db.write() as session:
         if retry_after is not None and claimed.attempt < claimed.max_attempts:
             moved = await _fenced_update(
@@ -282,10 +325,20 @@ async def fail(
                 available_at=now + timedelta(seconds=retry_after),
                 updated_at=now,
             )
-            return PENDING if moved else None
-        ended = await _end(session, _owned(claimed), FAILED, reason=reason, detail=detail)
-        if ended is not None and refusal is not None:
-            await add_refusal(session, claimed.task_id, refusal)
+            if moved:
+                return PENDING
+            cancelled = await _cancel_if_requested(session, claimed)
+        else:
+            ended = await _end(
+                session, _owned_uncancelled(claimed), FAILED, reason=reason, detail=detail
+            )
+            if ended is None:
+                cancelled = await _cancel_if_requested(session, claimed)
+            elif refusal is not None:
+                await add_refusal(session, claimed.task_id, refusal)
+    if cancelled is not None:
+        _recorded(cancelled)
+        return CANCELLED
     return FAILED if _recorded(ended) else None
 
 
@@ -303,11 +356,12 @@ async def cancel_pending(session: AsyncSession, task_id: str) -> Ended | None:
     return await _end(session, condition, CANCELLED, detail="cancelled while pending")
 
 
-async def release(db: Database, claimed: ClaimedTask) -> bool:
-    """Give a task back untouched (graceful shutdown): the attempt does not count."""
+async def release(db: Database, claimed: ClaimedTask) -> str | None:
+    """Give a task back untouched (graceful shutdown): the attempt does not count.
+    `pending`, or `cancelled` when its owner asked; None when the lease was lost."""
     now = utcnow()
     async with db.write() as session:
-        return await _fenced_update(
+        released = await _fenced_update(
             session,
             claimed,
             status=PENDING,
@@ -317,6 +371,10 @@ async def release(db: Database, claimed: ClaimedTask) -> bool:
             available_at=now,
             updated_at=now,
         )
+        cancelled = None if released else await _cancel_if_requested(session, claimed)
+    if released:
+        return PENDING
+    return CANCELLED if _recorded(cancelled) else None
 
 
 async def recover_expired(db: Database) -> int:

@@ -19,25 +19,26 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from imagine.db.database import Database
+from imagine.db.unavailable import database_unavailable, log_failure
 from imagine.engines.base import Engine, GenerationJob, JobControl
 from imagine.failures import TEST_OUTCOMES, Cancelled, FailureReason, TaskFailure
 from imagine.media.fetch import ImageFetcher, gather_or_cancel, inspect_images
 from imagine.media.images import InputImage
 from imagine.moderation.moderator import ContentRefused, Moderator, Refusal
-from imagine.observability import logs, tracing
+from imagine.observability import logs, metrics, tracing
 from imagine.observability.metrics import LEASE_LOST, RUN_DURATION, STAGE_DURATION
 from imagine.queue import repository as queue
 from imagine.queue.repository import ClaimedTask
 from imagine.storage.base import Storage
 from imagine.tasks.inputs import InputStore
 from imagine.tasks.schemas import GenerationRequest, StoredImage
-from imagine.tasks.states import FAILED, PENDING
+from imagine.tasks.states import CANCELLED, COMPLETED, FAILED, PENDING
 
 log = logging.getLogger("imagine.worker")
 
@@ -46,6 +47,11 @@ PROGRESS_WRITE_INTERVAL = 1.0
 # shorter side: room for the preview's pan and zoom and for engines that crop,
 # while a 50-megapixel photo shrinks to a few megapixels before any engine sees it.
 INPUT_HEADROOM = 2
+# An ending that finds the database unreachable is written again after these
+# pauses (doubling), until it is back.
+SETTLE_FIRST_DELAY = 0.2
+SETTLE_MAX_DELAY = 2.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,12 +109,15 @@ class Worker:
                 await queue.recover_expired(self.db)
                 claimed = await queue.claim(self.db, self.name, self.config.lease_seconds)
             except Exception:
-                log.exception("%s: queue access failed", self.name)
+                log_failure(log, "%s: queue access failed", self.name)
                 claimed = None
             if claimed is None:
                 await self._idle()
                 continue
-            await self.process(claimed)
+            try:
+                await self.process(claimed)
+            except Exception:  # the loop outlives any one task; its lease recovers it
+                log.exception("%s: processing %s stopped", self.name, claimed.task_id)
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -183,7 +192,7 @@ class Worker:
                     )
                     written, since_lease = percent, 0.0
             except Exception:
-                log.exception("%s: heartbeat failed for %s", self.name, claimed.task_id)
+                log_failure(log, "%s: heartbeat failed for %s", self.name, claimed.task_id)
                 continue
             if not beat.alive:
                 LEASE_LOST.labels(claimed.engine or self.engine.name).inc()
@@ -206,22 +215,30 @@ class Worker:
                 self._generate(claimed, control, workdir), self.config.task_timeout
             )
             with self._stage(claimed, "upload"):
-                keys = [await asyncio.to_thread(self.storage.save, task_id, path) for path in paths]
-            if await queue.complete(self.db, claimed, keys):
+                keys = await self._store(task_id, paths)
+            ended = await self._settle(lambda: queue.complete(self.db, claimed, keys))
+            if ended == COMPLETED:
                 outcome = "completed"
                 log.info("%s: %s completed (attempt %d)", self.name, task_id, claimed.attempt)
             else:
-                log.warning("%s: result of %s discarded: lease lost", self.name, task_id)
+                outcome = "cancelled" if ended == CANCELLED else "lost"
+                why = "cancelled by its owner first" if ended else "lease lost"
+                log.warning("%s: result of %s discarded: %s", self.name, task_id, why)
                 for key in keys:
                     await asyncio.to_thread(self.storage.delete, key)
         except Cancelled:
             if progress.stop_reason == "cancelled":
-                if await queue.cancel_running(self.db, claimed):
+                if await self._settle(lambda: queue.cancel_running(self.db, claimed)):
                     outcome = "cancelled"
                     log.info("%s: %s cancelled and refunded", self.name, task_id)
-            elif self._stopping.is_set() and await queue.release(self.db, claimed):
-                outcome = "released"
-                log.info("%s: %s handed back to the queue at shutdown", self.name, task_id)
+            elif self._stopping.is_set():
+                released = await self._settle(lambda: queue.release(self.db, claimed))
+                if released == PENDING:
+                    outcome = "released"
+                    log.info("%s: %s handed back to the queue at shutdown", self.name, task_id)
+                elif released == CANCELLED:
+                    outcome = "cancelled"
+                    log.info("%s: %s cancelled at shutdown, as its owner asked", self.name, task_id)
         except TaskFailure as failure:
             outcome = await self._fail(
                 claimed,
@@ -253,6 +270,37 @@ class Worker:
         yield
         engine = claimed.engine or self.engine.name
         STAGE_DURATION.labels(engine, stage).observe(time.perf_counter() - started)
+
+    async def _store(self, task_id: str, paths: list[Path]) -> list[str]:
+        """Every output in storage, or none: when one cannot be stored (after the
+        storage's own retries), those already stored are deleted and the
+        attempt fails (the queue retries it)."""
+        keys: list[str] = []
+        try:
+            for path in paths:
+                keys.append(await asyncio.to_thread(self.storage.save, task_id, path))
+        except BaseException:
+            for key in keys:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.storage.delete, key)
+            raise
+        return keys
+
+    async def _settle(self, write: Callable[[], Awaitable[T]]) -> T:
+        """An ending's write, tried again while the database is out of reach (a
+        failover): the result waits in the worker rather than being lost or
+        turned into a failure. Each write is fenced by the lease, so repeating
+        one is safe. Gives up only when the worker is told to stop."""
+        delay = SETTLE_FIRST_DELAY
+        while True:
+            try:
+                return await write()
+            except Exception as exc:
+                if not database_unavailable(exc) or self._stopping.is_set():
+                    raise
+                log.warning("%s: database unavailable, retrying in %.1fs", self.name, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, SETTLE_MAX_DELAY)
 
     async def _generate(
         self, claimed: ClaimedTask, control: JobControl, workdir: Path
@@ -323,9 +371,13 @@ class Worker:
         """Fail this attempt: "failed" when that ended the task (no retry left),
         "retried" when it went back to the queue, "lost" without the lease."""
         retry_after = self.config.retry_delay * 2 ** (claimed.attempt - 1) if retryable else None
-        outcome = await queue.fail(
-            self.db, claimed, reason, detail, retry_after=retry_after, refusal=refusal
+        outcome = await self._settle(
+            lambda: queue.fail(
+                self.db, claimed, reason, detail, retry_after=retry_after, refusal=refusal
+            )
         )
+        if refusal is not None and outcome == FAILED:
+            metrics.content_refused(refusal.stage, refusal.check)
         log.warning(
             "%s: %s attempt %d failed (%s): %s -> %s",
             self.name,
@@ -335,7 +387,9 @@ class Worker:
             detail,
             outcome or "lease lost",
         )
-        return {FAILED: "failed", PENDING: "retried"}.get(outcome or "", "lost")
+        return {FAILED: "failed", PENDING: "retried", CANCELLED: "cancelled"}.get(
+            outcome or "", "lost"
+        )
 
 
 # Attempts that ended their task (its stored inputs can go).

@@ -17,6 +17,7 @@ def create_storage(settings: Settings) -> Storage:
             settings.storage_url,
             ttl_seconds=settings.file_url_ttl_seconds,
             public_base_url=settings.storage_public_url,
+            timeout_seconds=settings.storage_timeout_seconds,
         )
     return LocalStorage(settings.files_dir, server_secret(settings), settings.file_url_ttl_seconds)
 

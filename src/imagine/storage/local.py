@@ -50,14 +50,19 @@ class LocalStorage:
     @staticmethod
     def _write(target: Path, fill: Callable[[BinaryIO], object]) -> None:
         """A private file that appears whole or not at all: written beside its
-        name, synced, then renamed (a reader never sees half a file)."""
+        name, synced, then renamed (a reader never sees half a file); a write
+        that fails (ENOSPC) removes what it wrote."""
         private_files.private_dir(target.parent)
         partial = target.with_name(target.name + ".partial")
-        with os.fdopen(private_files.create_private(partial), "wb") as writer:
-            fill(writer)
-            writer.flush()
-            os.fsync(writer.fileno())
-        os.replace(partial, target)
+        try:
+            with os.fdopen(private_files.create_private(partial), "wb") as writer:
+                fill(writer)
+                writer.flush()
+                os.fsync(writer.fileno())
+            os.replace(partial, target)
+        except BaseException:  # a full disk: give its space back, leave no trace
+            partial.unlink(missing_ok=True)
+            raise
 
     @storage_op("local", "read")
     def read(self, key: str) -> bytes:

@@ -4,6 +4,12 @@ Endpoint, region and credentials come from the usual AWS settings
 (`AWS_ENDPOINT_URL`, `AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`, …), so the
 same configuration works for every provider. Clients get presigned URLs that
 expire, or plain URLs on a public/CDN base when one is configured.
+
+A request that times out or is answered 5xx (or throttled) is retried inside
+the call, with botocore's standard back-off (exponential with jitter), up to
+`ATTEMPTS` tries; then the call raises, the task's attempt fails and the
+queue retries the task later. An upload is one PUT, so an object is either
+whole or absent.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from urllib.parse import quote
 from imagine.observability.metrics import storage_op
 from imagine.web.headers import origin_of
 
+ATTEMPTS = 3  # tries of one request, counting the first
+
 
 class S3Storage:
     def __init__(
@@ -25,6 +33,7 @@ class S3Storage:
         ttl_seconds: int,
         public_base_url: str | None = None,
         client: Any = None,
+        timeout_seconds: float = 30.0,
     ) -> None:
         bucket, _, prefix = url.removeprefix("s3://").partition("/")
         self.bucket = bucket
@@ -35,9 +44,13 @@ class S3Storage:
             import boto3
             from botocore.config import Config
 
-            client = boto3.client(
-                "s3", config=Config(signature_version="s3v4", retries={"mode": "standard"})
+            config = Config(
+                signature_version="s3v4",
+                retries={"mode": "standard", "total_max_attempts": ATTEMPTS},
+                connect_timeout=timeout_seconds,
+                read_timeout=timeout_seconds,
             )
+            client = boto3.client("s3", config=config)
         self._client = client
 
     @storage_op("s3", "save")

@@ -44,6 +44,7 @@ from imagine.ids import has_id_shape, new_id, utcnow
 from imagine.queue import repository as queue
 from imagine.queue.fairness import pending_before, take_place
 from imagine.storage.base import Storage
+from imagine.tasks import one_statement_submit
 from imagine.tasks.inputs import InputStore
 from imagine.tasks.schemas import (
     GenerationRequest,
@@ -166,6 +167,8 @@ async def submit(
 
 
 async def _commit(db: Database, submission: _Submission) -> str:
+    if not submission.input_bytes and await _in_one_statement(db, submission):
+        return submission.task_id
     idempotency_key = submission.idempotency_key
     for _ in range(2):
         try:
@@ -174,6 +177,29 @@ async def _commit(db: Database, submission: _Submission) -> str:
             if idempotency_key is None:
                 raise
     raise Conflict("A request with this Idempotency-Key is still being processed")
+
+
+async def _in_one_statement(db: Database, submission: _Submission) -> bool:
+    """The ordinary case in one round trip where the database allows it
+    (`one_statement_submit`); False leaves the decision to `_submit_once`."""
+    principal, policy = submission.principal, submission.policy
+    committed = await one_statement_submit.try_submit(
+        db,
+        account_id=principal.account_id,
+        is_test=principal.is_test,
+        task_id=submission.task_id,
+        request=submission.request,
+        cost=policy.cost,
+        engine=policy.engine,
+        max_attempts=policy.max_attempts,
+        quantum=policy.queue_quantum,
+        now=utcnow(),
+        key=submission.idempotency_key,
+        request_hash=submission.fingerprint,
+        test_outcome=submission.test_outcome,
+        traceparent=submission.traceparent,
+    )
+    return bool(committed)
 
 
 _IDEMPOTENCY_RECORD = select(IdempotencyRecord.__table__).where(

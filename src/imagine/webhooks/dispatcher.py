@@ -43,6 +43,7 @@ from sqlalchemy import select
 from imagine import __version__
 from imagine.db.database import Database
 from imagine.db.models import Account, Task
+from imagine.db.unavailable import log_failure
 from imagine.ids import utcnow
 from imagine.media.netguard import (
     Resolver,
@@ -150,7 +151,7 @@ class Dispatcher:
                 try:
                     claimed = await self.dispatch_due()
                 except Exception:
-                    log.exception("%s: outbox access failed", self.name)
+                    log_failure(log, "%s: outbox access failed", self.name)
                     claimed = 0
                 if claimed and len(self._inflight) < self._concurrency:
                     continue  # more may be due right now
