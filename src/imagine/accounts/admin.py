@@ -18,7 +18,7 @@ from imagine.accounts.service import IssuedKey, Principal, create_account
 from imagine.credits import MAX_BALANCE, ledger
 from imagine.db.database import in_session
 from imagine.db.models import Account, ApiKey
-from imagine.db.pages import newest_first
+from imagine.db.pages import keyset_page
 from imagine.errors import InvalidRequest, NotFound
 from imagine.ids import has_id_shape
 from imagine.settings import PLANS
@@ -69,7 +69,7 @@ def _listing(account: Account, active: int) -> AccountListing:
 
 async def account_page(session: AsyncSession, *, limit: int, after: str | None) -> AccountPage:
     """Accounts newest first; `after` is the last account id of the previous page."""
-    rows, has_more = await newest_first(
+    rows, has_more = await keyset_page(
         session,
         _with_active_keys(),
         created=Account.created_at,

@@ -21,7 +21,7 @@ from imagine.accounts import keys
 from imagine.credits import ledger
 from imagine.db.database import Database, in_session
 from imagine.db.models import Account, ApiKey
-from imagine.db.pages import newest_first
+from imagine.db.pages import keyset_page
 from imagine.errors import Forbidden, InvalidRequest, NotFound
 from imagine.ids import has_id_shape, new_id, utcnow
 
@@ -342,7 +342,7 @@ async def key_page(
     scope = [] if account_id is None else [ApiKey.account_id == account_id]
     if test_only:
         scope.append(ApiKey.is_test.is_(True))
-    rows, has_more = await newest_first(
+    rows, has_more = await keyset_page(
         session,
         _keys(account_id, test_only),
         created=ApiKey.created_at,

@@ -22,37 +22,6 @@ from imagine.ids import has_id_shape
 Columns = TypeVarTuple("Columns")
 
 
-async def newest_first(
-    session: AsyncSession,
-    query: Select[*Columns],
-    *,
-    created: InstrumentedAttribute[Any],
-    ident: InstrumentedAttribute[str],
-    id_prefix: str,
-    noun: str,
-    scope: Sequence[ColumnElement[bool]] = (),
-    after: str | None,
-    limit: int,
-) -> tuple[list[Row[*Columns]], bool]:
-    """Up to `limit` rows of `query` after the cursor, newest first, and whether
-    more follow.
-
-    The cursor must be an id (`id_prefix`) of a row within `scope` (the
-    caller's own rows): anything else is a 400 naming the `noun`.
-    """
-    return await keyset_page(
-        session,
-        query,
-        created=created,
-        ident=ident,
-        id_prefix=id_prefix,
-        noun=noun,
-        scope=scope,
-        after=after,
-        limit=limit,
-    )
-
-
 async def keyset_page(
     session: AsyncSession,
     query: Select[*Columns],
@@ -66,7 +35,12 @@ async def keyset_page(
     limit: int,
     oldest_first: bool = False,
 ) -> tuple[list[Row[*Columns]], bool]:
-    """`newest_first`, or with `oldest_first` the same range walked the other way."""
+    """Up to `limit` rows of `query` after the cursor, newest first (or with
+    `oldest_first` the same range walked the other way), and whether more follow.
+
+    The cursor must be an id (`id_prefix`) of a row within `scope` (the
+    caller's own rows): anything else is a 400 naming the `noun`.
+    """
     if after is not None:
         anchor = None
         if has_id_shape(id_prefix, after):

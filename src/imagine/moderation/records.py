@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagine.db.models import ModerationRefusal, Task
-from imagine.db.pages import newest_first
+from imagine.db.pages import keyset_page
 from imagine.errors import NotFound
 from imagine.ids import has_id_shape, new_id, utcnow
 from imagine.moderation.moderator import Refusal
@@ -118,7 +118,7 @@ async def refusal_page(
     if false_positive is not None:
         scope.append(ModerationRefusal.false_positive.is_(false_positive))
         query = query.where(*scope)
-    rows, has_more = await newest_first(
+    rows, has_more = await keyset_page(
         session,
         query,
         created=ModerationRefusal.created_at,
