@@ -462,12 +462,13 @@ async def delete_task(
                 f"Task {task_id} is being generated; it can be deleted once it has ended"
             )
         held = stored_images_in(task.request) if task.input_bytes else []
-        if task.status == PENDING:
-            await queue.cancel_pending(session, task_id)
+        ending = await queue.cancel_pending(session, task_id) if task.status == PENDING else None
         outputs = list(task.outputs)
         await session.execute(
             update(Task).where(Task.id == task_id).values(deleted_at=utcnow(), outputs=[])
         )
+    if ending is not None:
+        ending.record()  # committed: counted as cancelled and refunded
     # After the commit: a rollback keeps the files with the task.
     await asyncio.to_thread(_delete_files, storage, outputs)
     if held:
