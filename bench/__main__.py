@@ -27,6 +27,7 @@ from bench.load import LoadResult, wrk
 from imagine.engines.base import GenerationJob, JobControl
 from imagine.engines.preview import PreviewEngine
 
+POLLED_TASKS = 256
 BODY = '{"prompt": "a beautiful landscape with mountains", "mode": "fun", "ratio": "1:1"}'
 
 
@@ -58,6 +59,22 @@ def hot_paths(args: argparse.Namespace, rows: list[tuple[str, str]]) -> None:
                 connections=args.connections,
                 headers=auth,
             )
+            # Many clients, each polling its own task (one account, so every
+            # poll passes the same gate as above).
+            with httpx.Client(base_url=url, headers=auth) as client:
+                many = [
+                    client.post(
+                        "/v1/generate", content=BODY, headers={"Content-Type": "application/json"}
+                    ).json()["data"]["task_id"]
+                    for _ in range(POLLED_TASKS)
+                ]
+            status_many = wrk(
+                url,
+                seconds=args.seconds,
+                connections=args.connections,
+                headers=auth,
+                paths=[f"/v1/status?task_id={task}" for task in many],
+            )
             submit = wrk(
                 f"{url}/v1/generate",
                 seconds=args.seconds,
@@ -84,7 +101,8 @@ def hot_paths(args: argparse.Namespace, rows: list[tuple[str, str]]) -> None:
     rows += [
         row("baseline GET (constant JSON)", base_get, None),
         row("baseline POST (constant JSON)", base_post, None),
-        row("GET /v1/status", status, base_get),
+        row("GET /v1/status (one task)", status, base_get),
+        row(f"GET /v1/status ({POLLED_TASKS} tasks in turn)", status_many, base_get),
         row("POST /v1/generate", submit, base_post),
     ]
 

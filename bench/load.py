@@ -35,8 +35,11 @@ def wrk(
     headers: dict[str, str] | None = None,
     method: str = "GET",
     body: str | None = None,
+    paths: list[str] | None = None,
 ) -> LoadResult:
-    """Run wrk with one thread (the other core is the server's) and parse its report."""
+    """Run wrk with one thread (the other core is the server's) and parse its report.
+
+    With `paths`, the requests go to those paths of `url`'s server in turn."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     lines = [f'wrk.method = "{method}"']
@@ -44,6 +47,16 @@ def wrk(
         lines.append(f"wrk.body = [[{body}]]")
     for name, value in (headers or {}).items():
         lines.append(f'wrk.headers["{name}"] = "{value}"')
+    if paths:
+        listed = ", ".join(f'"{path}"' for path in paths)
+        lines += [
+            f"paths = {{{listed}}}",
+            "turn = 0",
+            "request = function()",
+            "  turn = turn % #paths + 1",
+            "  return wrk.format(nil, paths[turn])",
+            "end",
+        ]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n")
     try:

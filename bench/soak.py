@@ -14,7 +14,8 @@ file count from /proc.
 At the end it stops submitting, waits for every task to end, and checks what
 must hold whatever the load: every task ended once, the ledger equals every
 balance, every webhook was delivered. It prints the memory and file growth
-of each process after the warm-up, p99 latency per window, and those checks
+of each process after the warm-up (the highest sample of the first window
+against that of the last), p99 latency per window, and those checks
 (`--json`: the same as one JSON object, for the test suite's short run).
 """
 
@@ -59,15 +60,30 @@ class Proc:
         rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
         self.samples.append((now, rss, len(os.listdir(f"/proc/{pid}/fd"))))
 
-    def growth(self, warmup: float) -> dict[str, Any]:
-        """Memory and files at the end against their level just after the warm-up."""
+    def peaks(self, warmup: float, window: float) -> list[tuple[int, int]]:
+        """The highest resident memory (KiB) and open file count of each window
+        after the warm-up: connection pools grow and shrink with the load from
+        one sample to the next, a leak raises the peaks window after window."""
         settled = [s for s in self.samples if s[0] >= warmup] or self.samples[-1:]
-        first, last = settled[0], settled[-1]
+        windows: dict[int, list[tuple[float, int, int]]] = {}
+        for sample in settled:
+            windows.setdefault(int((sample[0] - settled[0][0]) // window), []).append(sample)
+        return [
+            (max(s[1] for s in samples), max(s[2] for s in samples))
+            for _, samples in sorted(windows.items())
+        ]
+
+    def growth(self, warmup: float, window: float) -> dict[str, Any]:
+        """The last window's peaks against the first's after the warm-up."""
+        peaks = self.peaks(warmup, window)
+        (rss0, fds0), (rss1, fds1) = peaks[0], peaks[-1]
         return {
-            "rss_mib": [round(first[1] / 1024, 1), round(last[1] / 1024, 1)],
-            "rss_growth": round(last[1] / first[1] - 1, 3),
-            "fds": [first[2], last[2]],
-            "fd_growth": round(last[2] / first[2] - 1, 3),
+            "rss_mib": [round(rss0 / 1024, 1), round(rss1 / 1024, 1)],
+            "rss_growth": round(rss1 / rss0 - 1, 3),
+            "fds": [fds0, fds1],
+            "fd_growth": round(fds1 / fds0 - 1, 3),
+            "rss_mib_by_window": [round(rss / 1024, 1) for rss, _ in peaks],
+            "fds_by_window": [fds for _, fds in peaks],
         }
 
 
@@ -299,6 +315,7 @@ def run(seconds: float, rate: float, warmup: float, sample_every: float) -> dict
                     headers={"Authorization": f"Bearer {key}"},
                 ).raise_for_status()
 
+            window = max(seconds / 10, 1.0)
             load = Load(apis, keys, receiver.url, rate)
             started = time.monotonic()
 
@@ -321,12 +338,11 @@ def run(seconds: float, rate: float, warmup: float, sample_every: float) -> dict
             )
             checks["with_callback"] = len(load.with_callback)
             checks["processes_alive"] = all(p.process.poll() is None for p in procs)
-            window = max(seconds / 10, 1.0)
             return {
                 "seconds": seconds,
                 "rate": rate,
                 "warmup": warmup,
-                "processes": {p.name: p.growth(warmup) for p in procs},
+                "processes": {p.name: p.growth(warmup, window) for p in procs},
                 "p99_ms_by_window": {
                     kind: _p99_by_window(points, window) for kind, points in load.latencies.items()
                 },
@@ -348,6 +364,10 @@ def _print(result: dict[str, Any]) -> None:
         f"\nSoak: {result['seconds']:.0f} s at {result['rate']} submits/s "
         f"(warm-up {result['warmup']:.0f} s) · load average {os.getloadavg()[0]:.2f}\n"
     )
+    print(
+        f"Each figure is the highest sample of a {result['window_seconds']:.0f} s window: "
+        "the first after the warm-up → the last.\n"
+    )
     print("| process | RSS after warm-up → end | growth | open files | growth |")
     print("|---|---|---|---|---|")
     for name, g in result["processes"].items():
@@ -355,6 +375,11 @@ def _print(result: dict[str, Any]) -> None:
             f"| {name} | {g['rss_mib'][0]} → {g['rss_mib'][1]} MiB | {g['rss_growth']:+.1%} "
             f"| {g['fds'][0]} → {g['fds'][1]} | {g['fd_growth']:+.1%} |"
         )
+    print(f"\nPeaks per {result['window_seconds']:.0f} s window after the warm-up:\n")
+    for name, g in result["processes"].items():
+        memory = ", ".join(str(v) for v in g["rss_mib_by_window"])
+        files = ", ".join(str(v) for v in g["fds_by_window"])
+        print(f"- {name}: RSS (MiB) {memory}; open files {files}")
     print(f"\np99 latency (ms) per {result['window_seconds']:.0f} s window:\n")
     for kind, values in result["p99_ms_by_window"].items():
         print(f"- {kind}: {', '.join(str(v) for v in values)}")

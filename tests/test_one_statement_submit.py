@@ -1,5 +1,6 @@
 """The one-statement submit on PostgreSQL writes exactly what the ordinary
-submit writes, and leaves every other case to it.
+submit writes, and leaves every other case to it; submits that arrive
+together share one statement and are charged and queued as if one by one.
 
 `_submit_once` (the ordinary unit) is made to fail where the one statement
 must have done the work, and counted where it must decide, so each test
@@ -9,6 +10,7 @@ knows which path answered.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -22,7 +24,7 @@ from imagine.db.database import Database
 from imagine.db.models import Account, IdempotencyRecord, LedgerEntry, Task
 from imagine.db.prepared import Tx
 from imagine.errors import Conflict, InsufficientCredits
-from imagine.tasks import service
+from imagine.tasks import one_statement_submit, service
 from imagine.tasks.schemas import GenerationRequest
 
 from databases import PostgresDatabases
@@ -154,3 +156,81 @@ async def test_concurrent_first_uses_of_a_key_make_one_task(
     assert len(ids) == 1
     assert all(isinstance(a, str | Conflict) for a in answers), answers
     assert await balance_and_ledger(db, who.account_id) == (COST * 19, COST * 19)
+
+
+@pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records the size of each batch the one statement takes."""
+    sizes: list[int] = []
+    original = one_statement_submit._submit_together
+
+    async def counted(db: Database, tasks: list[Any]) -> list[bool]:
+        sizes.append(len(tasks))
+        return await original(db, tasks)
+
+    monkeypatch.setattr(one_statement_submit, "_submit_together", counted)
+    return sizes
+
+
+async def test_submits_arriving_together_are_charged_and_queued_as_if_one_by_one(
+    db: Database, ordinary: list[str], batches: list[int]
+) -> None:
+    rich, poor, broke = [await principal(db, COST * n) for n in (5, 3, 0)]
+    calls = [rich] * 10 + [poor] * 10 + [broke] * 5
+    answers = await asyncio.gather(
+        *(service.submit(db, who, request(f"{i}"), POLICY) for i, who in enumerate(calls)),
+        return_exceptions=True,
+    )
+    assert max(batches) > 1, batches  # they did share statements
+    accepted = {who.account_id: 0 for who in (rich, poor, broke)}
+    for who, answer in zip(calls, answers, strict=True):
+        if isinstance(answer, str):
+            accepted[who.account_id] += 1
+        else:
+            assert isinstance(answer, InsufficientCredits), answer
+    assert list(accepted.values()) == [5, 3, 0]
+    assert len(ordinary) == 17  # only the refused went the ordinary way, to be told why
+
+    for who, count in ((rich, 5), (poor, 3)):
+        assert await balance_and_ledger(db, who.account_id) == (0, 0)
+        async with db.read() as session:
+            debits = list(
+                await session.scalars(
+                    select(LedgerEntry.balance_after)
+                    .where(LedgerEntry.account_id == who.account_id, LedgerEntry.kind == "debit")
+                    .order_by(LedgerEntry.id)
+                )
+            )
+            places = sorted(
+                await session.scalars(select(Task.fair_at).where(Task.account_id == who.account_id))
+            )
+            clock = await session.scalar(
+                select(Account.fair_at).where(Account.id == who.account_id)
+            )
+        # Each debit's balance after is the one before it less one cost, as in turn.
+        assert debits == [COST * n for n in range(count - 1, -1, -1)]
+        # One quantum apart, the account's clock at the last of them.
+        gaps = [later - earlier for earlier, later in itertools.pairwise(places)]
+        assert gaps == pytest.approx([POLICY.queue_quantum] * (count - 1))
+        assert clock == places[-1]
+
+
+async def test_a_key_repeated_within_one_batch_leaves_the_others_in_it_alone(
+    db: Database, ordinary: list[str], batches: list[int]
+) -> None:
+    who = await principal(db, COST * 100)
+    answers = await asyncio.gather(
+        *(
+            service.submit(db, who, request(), POLICY, idempotency_key="same" if i % 2 else None)
+            for i in range(12)
+        ),
+        return_exceptions=True,
+    )
+    keyed = {a for i, a in enumerate(answers) if i % 2 and isinstance(a, str)}
+    plain = [a for i, a in enumerate(answers) if not i % 2]
+    assert len(keyed) == 1
+    assert all(isinstance(a, str | Conflict) for a in answers), answers
+    assert all(isinstance(a, str) for a in plain) and len(set(plain)) == 6
+    assert max(batches) > 1, batches
+    assert len(ordinary) <= 5  # at most the repeats of the key went the ordinary way
+    assert await balance_and_ledger(db, who.account_id) == (COST * 93, COST * 93)

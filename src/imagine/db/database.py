@@ -22,13 +22,14 @@ The hot paths bypass the ORM (see `imagine.db.prepared`):
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, Executable, event
 from sqlalchemy.engine import make_url
@@ -42,11 +43,14 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import Session
 
 from imagine import private_files
+from imagine.db.batching import Batcher
 from imagine.db.group_commit import GroupCommitter
 from imagine.db.prepared import AsyncpgReads, ConnectionTx, Row, SqliteTx
 from imagine.db.unavailable import CONNECT_TIMEOUT_SECONDS
 
 T = TypeVar("T")
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 HOT_READ_BUSY_TIMEOUT_MS = 1_000  # WAL readers wait only in rare checkpoint corners
@@ -63,6 +67,7 @@ class Database:
         self._postgres_reads: AsyncpgReads | None = None
         self._hot = threading.local()
         self._hot_connections: list[sqlite3.Connection] = []
+        self._batchers: dict[object, Batcher[Any, Any]] = {}
         if self.is_sqlite:
             self._path = make_url(url).database or ""
             _create_private(self._path)
@@ -124,6 +129,26 @@ class Database:
             return None
         return await self._postgres_reads.write(statement, params)
 
+    async def batched(
+        self,
+        run: Callable[[Database, list[Item]], Awaitable[list[Result]]],
+        item: Item,
+        *,
+        in_flight: int = 4,
+    ) -> Result:
+        """`run(db, items)`'s answer for `item`, sharing one call of `run` with the
+        calls that arrive with it (`imagine.db.batching`) on PostgreSQL. On SQLite
+        `item` goes alone: a read is microseconds on the event loop and writes
+        already share commits, so batching would only add a hop."""
+        if self.is_sqlite:
+            return (await run(self, [item]))[0]
+        batcher = self._batchers.get(run)
+        if batcher is None:
+            batcher = self._batchers[run] = Batcher(
+                functools.partial(run, self), in_flight=in_flight
+            )
+        return cast(Result, await batcher(item))
+
     async def transaction(self, work: Callable[..., T], *args: Any) -> T:
         """`work(tx, *args)` in one transaction, returning once it is committed.
 
@@ -148,6 +173,9 @@ class Database:
             yield connection
 
     async def dispose(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
+        self._batchers.clear()
         if self._committer is not None:
             await self._committer.close()
         if self._postgres_reads is not None:

@@ -12,8 +12,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Label,
+    Select,
+    String,
+    any_,
     bindparam,
     case,
     delete,
@@ -180,24 +184,26 @@ async def _commit(db: Database, submission: _Submission) -> str:
 
 
 async def _in_one_statement(db: Database, submission: _Submission) -> bool:
-    """The ordinary case in one round trip where the database allows it
-    (`one_statement_submit`); False leaves the decision to `_submit_once`."""
+    """The ordinary case in one statement shared with the submits arriving with
+    it, where the database allows it (`one_statement_submit`); False leaves the
+    decision to `_submit_once`."""
     principal, policy = submission.principal, submission.policy
     committed = await one_statement_submit.try_submit(
         db,
-        account_id=principal.account_id,
-        is_test=principal.is_test,
-        task_id=submission.task_id,
-        request=submission.request,
-        cost=policy.cost,
-        engine=policy.engine,
-        max_attempts=policy.max_attempts,
-        quantum=policy.queue_quantum,
-        now=utcnow(),
-        key=submission.idempotency_key,
-        request_hash=submission.fingerprint,
-        test_outcome=submission.test_outcome,
-        traceparent=submission.traceparent,
+        one_statement_submit.NewTask(
+            task_id=submission.task_id,
+            account_id=principal.account_id,
+            is_test=principal.is_test,
+            cost=policy.cost,
+            engine=policy.engine,
+            request=submission.request,
+            max_attempts=policy.max_attempts,
+            quantum=policy.queue_quantum,
+            key=submission.idempotency_key,
+            request_hash=submission.fingerprint,
+            test_outcome=submission.test_outcome,
+            traceparent=submission.traceparent,
+        ),
     )
     return bool(committed)
 
@@ -332,23 +338,37 @@ def _if_pending(count: ColumnElement[int], label: str) -> Label[int | None]:
     return case((Task.status == PENDING, count), else_=None).label(label)
 
 
-# Built once, so the compiled form is reused. One statement per poll: the task,
-# and for a pending one the pending tasks before it in the claim order (a range
-# of the queue index) and those running.
-_TASK_BY_ID = select(
-    *_VIEW_COLUMNS,
-    _if_pending(
-        pending_before(),
-        "queue_ahead",
-    ),
-    _if_pending(
-        select(func.count())
-        .select_from(_other)
-        .where(_other.status == PROCESSING)
-        .scalar_subquery(),
-        "queue_running",
-    ),
-).where(Task.id == bindparam("task_id"), Task.account_id == bindparam("account_id"), _NOT_DELETED)
+def _task_view(which: ColumnElement[bool]) -> Select[Any]:
+    """The status view of the tasks `which` selects, with for a pending one the
+    pending tasks before it in the claim order (a range of the queue index) and
+    those running."""
+    return select(
+        Task.account_id,
+        *_VIEW_COLUMNS,
+        _if_pending(pending_before(), "queue_ahead"),
+        _if_pending(
+            select(func.count())
+            .select_from(_other)
+            .where(_other.status == PROCESSING)
+            .scalar_subquery(),
+            "queue_running",
+        ),
+    ).where(which, _NOT_DELETED)
+
+
+# Built once, so the compiled forms are reused.
+_TASK_BY_ID = _task_view(Task.id == bindparam("task_id"))
+_TASKS_BY_IDS = _task_view(Task.id == any_(bindparam("task_ids", type_=ARRAY(String))))
+
+
+async def _tasks_by_ids(db: Database, task_ids: list[str]) -> list[Row | None]:
+    """The polls that arrive together, in one statement (`Database.batched`)."""
+    if len(task_ids) == 1:
+        rows = await db.read_all(_TASK_BY_ID, {"task_id": task_ids[0]})
+    else:
+        rows = await db.read_all(_TASKS_BY_IDS, {"task_ids": list(set(task_ids))})
+    found = {row["id"]: row for row in rows}
+    return [found.get(task_id) for task_id in task_ids]
 
 
 async def get_task(db: Database, principal: Principal, task_id: str) -> Row:
@@ -357,8 +377,8 @@ async def get_task(db: Database, principal: Principal, task_id: str) -> Row:
     more than the read itself on the polling path."""
     if not has_id_shape("task", task_id):
         raise NotFound("Task not found")
-    row = await db.read_one(_TASK_BY_ID, {"task_id": task_id, "account_id": principal.account_id})
-    if row is None:
+    row = await db.batched(_tasks_by_ids, task_id)
+    if row is None or row["account_id"] != principal.account_id:
         raise NotFound("Task not found")
     return row
 
