@@ -60,22 +60,24 @@ class Proc:
         rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS"))
         self.samples.append((now, rss, len(os.listdir(f"/proc/{pid}/fd"))))
 
-    def peaks(self, warmup: float, window: float) -> list[tuple[int, int]]:
+    def peaks(self, start: float, end: float, window: float) -> list[tuple[int, int]]:
         """The highest resident memory (KiB) and open file count of each window
-        after the warm-up: connection pools grow and shrink with the load from
-        one sample to the next, a leak raises the peaks window after window."""
-        settled = [s for s in self.samples if s[0] >= warmup] or self.samples[-1:]
+        from the end of the warm-up to the end of the load: connection pools
+        grow and shrink with the load from one sample to the next, a leak
+        raises the peaks window after window. Samples taken after the load
+        stopped are left out, so the last window is measured under load."""
+        settled = [s for s in self.samples if start <= s[0] < end] or self.samples[-1:]
         windows: dict[int, list[tuple[float, int, int]]] = {}
         for sample in settled:
-            windows.setdefault(int((sample[0] - settled[0][0]) // window), []).append(sample)
+            windows.setdefault(int((sample[0] - start) // window), []).append(sample)
         return [
             (max(s[1] for s in samples), max(s[2] for s in samples))
             for _, samples in sorted(windows.items())
         ]
 
-    def growth(self, warmup: float, window: float) -> dict[str, Any]:
+    def growth(self, start: float, end: float, window: float) -> dict[str, Any]:
         """The last window's peaks against the first's after the warm-up."""
-        peaks = self.peaks(warmup, window)
+        peaks = self.peaks(start, end, window)
         (rss0, fds0), (rss1, fds1) = peaks[0], peaks[-1]
         return {
             "rss_mib": [round(rss0 / 1024, 1), round(rss1 / 1024, 1)],
@@ -270,8 +272,10 @@ def run(seconds: float, rate: float, warmup: float, sample_every: float) -> dict
     database = TemporaryDatabase()
     receiver = Receiver()
     procs: list[Proc] = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    # The processes stop before their data dir is removed (they may still
+    # be writing to it).
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
             data = Path(tmp)
             env = {
                 **os.environ,
@@ -342,7 +346,7 @@ def run(seconds: float, rate: float, warmup: float, sample_every: float) -> dict
                 "seconds": seconds,
                 "rate": rate,
                 "warmup": warmup,
-                "processes": {p.name: p.growth(warmup, window) for p in procs},
+                "processes": {p.name: p.growth(warmup, seconds, window) for p in procs},
                 "p99_ms_by_window": {
                     kind: _p99_by_window(points, window) for kind, points in load.latencies.items()
                 },
@@ -350,13 +354,13 @@ def run(seconds: float, rate: float, warmup: float, sample_every: float) -> dict
                 "errors": load.errors[:20],
                 "checks": checks,
             }
-    finally:
-        for proc in procs:
-            proc.process.terminate()
-        for proc in procs:
-            proc.process.wait(60)
-        receiver.close()
-        database.drop()
+        finally:
+            for proc in procs:
+                proc.process.terminate()
+            for proc in procs:
+                proc.process.wait(60)
+            receiver.close()
+            database.drop()
 
 
 def _print(result: dict[str, Any]) -> None:
