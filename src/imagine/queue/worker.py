@@ -34,6 +34,7 @@ from imagine.moderation.moderator import ContentRefused, Moderator, Refusal
 from imagine.observability import logs, metrics, tracing
 from imagine.observability.metrics import LEASE_LOST, RUN_DURATION, STAGE_DURATION
 from imagine.queue import repository as queue
+from imagine.queue.memory import release_freed_memory
 from imagine.queue.repository import ClaimedTask
 from imagine.storage.base import Storage
 from imagine.tasks.inputs import InputStore
@@ -118,6 +119,7 @@ class Worker:
                 await self.process(claimed)
             except Exception:  # the loop outlives any one task; its lease recovers it
                 log.exception("%s: processing %s stopped", self.name, claimed.task_id)
+            release_freed_memory()
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):
