@@ -16,6 +16,7 @@ the balance.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import itertools
 import threading
@@ -23,6 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import exc as sa
@@ -200,3 +202,100 @@ def test_only_the_database_s_absence_is_a_503() -> None:
     assert not database_unavailable(OSError(errno.ENOSPC, "No space left on device"))
     assert not database_unavailable(sa.IntegrityError("INSERT", {}, ValueError("duplicate")))
     assert not database_unavailable(KeyError("bug"))
+
+
+class AccountLock:
+    """Holds an account's row lock from a connection of the test's own (not
+    through the relay), so that a submit waits inside PostgreSQL until the
+    test lets it go."""
+
+    def __init__(self, url: str, account_id: str) -> None:
+        self._url = url
+        self._account_id = account_id
+        self._taken = threading.Event()
+        self._release = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._hold()))
+
+    def __enter__(self) -> AccountLock:
+        self._thread.start()
+        assert self._taken.wait(10)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+        self._thread.join()
+
+    def release(self) -> None:
+        self._release.set()
+
+    async def _hold(self) -> None:
+        conn = await asyncpg.connect(self._url)
+        try:
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", self._account_id
+                )
+                self._taken.set()
+                await asyncio.to_thread(self._release.wait)
+        finally:
+            await conn.close()
+
+
+def _waiting_on_a_lock(url: str) -> bool:
+    async def ask() -> bool:
+        conn = await asyncpg.connect(url)
+        try:
+            return bool(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        finally:
+            await conn.close()
+
+    return asyncio.run(ask())
+
+
+def test_a_submit_whose_answer_is_lost_after_its_commit_is_answered_200(
+    relay: tuple[TcpCut, str], tmp_path: Path
+) -> None:
+    """The narrow window of any database client: the statement commits, the
+    connection breaks before its answer arrives. The submit must not be
+    answered 503 about a task that exists and was charged."""
+    cut, url = relay
+    direct = make_url(url).set(drivername="postgresql", port=cut.upstream_port)
+    direct_url = direct.render_as_string(hide_password=False)
+    server = start_server(make_settings(tmp_path / "data", database_url=url, workers=0))
+    try:
+        issued = server.new_key(credits=COST * 10)
+        answers: list[httpx.Response] = []
+        with server.client(issued.key) as client:
+            client.get("/v1/status", params={"task_id": "task_" + "0" * 24})  # pools open
+            with AccountLock(direct_url, issued.account_id) as lock:
+                submit = threading.Thread(
+                    target=lambda: answers.append(
+                        client.post("/v1/generate", json={"prompt": "lost answer"}, timeout=20)
+                    )
+                )
+                submit.start()
+                deadline = time.monotonic() + 10
+                while not _waiting_on_a_lock(direct_url):  # the statement is in PostgreSQL
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                cut.cut()  # the connection breaks while the statement waits
+                time.sleep(0.5)
+                cut.restore()
+                lock.release()  # the statement goes on and commits; its answer is lost
+                submit.join(20)
+        (answer,) = answers
+        assert answer.status_code == 200, answer.text
+        task_id = answer.json()["data"]["task_id"]
+        found = run_db(server.settings, lambda db: _tasks_and_charges(db, issued.account_id))
+        assert found == {task_id: ("pending", 0, ["debit"])}
+        balance, total = run_db(
+            server.settings, lambda db: balance_and_ledger(db, issued.account_id)
+        )
+        assert balance == total == COST * 9
+    finally:
+        server.stop()

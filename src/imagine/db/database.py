@@ -129,6 +129,14 @@ class Database:
             return None
         return await self._postgres_reads.write(statement, params)
 
+    async def outlived(self, backend_pid: int, within: float) -> bool:
+        """Whether PostgreSQL's server process `backend_pid` is gone within
+        `within` seconds, so that a `WriteInDoubt` of it can be settled by
+        reading; False elsewhere."""
+        if self._postgres_reads is None:
+            return False
+        return await self._postgres_reads.outlived(backend_pid, within)
+
     async def batched(
         self,
         run: Callable[[Database, list[Item]], Awaitable[list[Result]]],

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
 import asyncpg
-from sqlalchemy import Connection, Dialect, Executable, exc
+from sqlalchemy import Boolean, Connection, Dialect, Executable, Integer, bindparam, exc, text
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -138,6 +138,27 @@ class ConnectionTx:
         return int(getattr(self.connection.execute(statement, dict(params)), "rowcount", 0))
 
 
+class WriteInDoubt(Exception):
+    """A write's connection was lost after its statement was sent: the
+    statement may or may not have committed. `backend_pid` is the server
+    process that ran it (see `AsyncpgReads.outlived`)."""
+
+    def __init__(self, backend_pid: int) -> None:
+        super().__init__(f"connection lost during a write on server process {backend_pid}")
+        self.backend_pid = backend_pid
+
+
+# Whether a server process is still there; asked again at this pace while the
+# database is out of reach.
+_BACKEND_ALIVE = (
+    text("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = :pid) AS alive")
+    .bindparams(bindparam("pid", type_=Integer))
+    .columns(alive=Boolean)
+)
+IN_DOUBT_POLL_SECONDS = 0.2
+_OUT_OF_REACH: tuple[type[BaseException], ...] = (*CONNECTION_LOST, TimeoutError)
+
+
 class AsyncpgReads:
     """Small reads on PostgreSQL in one round trip each: asyncpg's own pool in
     autocommit (no BEGIN/ROLLBACK around a read, no ping before it), with
@@ -168,16 +189,45 @@ class AsyncpgReads:
 
     async def write(self, statement: Executable, params: Mapping[str, Any]) -> list[Row]:
         """One statement that writes, alone in its transaction, in one round
-        trip. Never repeated: a lost connection may have lost only the answer
-        to a commit, so the error goes to the caller (and the pool is renewed)."""
+        trip. Never repeated: a connection lost once the statement was sent
+        may have lost only the answer to its commit, so the caller gets
+        `WriteInDoubt` (and the pool is renewed)."""
         compiled = prepared(statement, self._dialect)
         pool = self._pool or await self._open()
+        connection = await pool.acquire()
         try:
-            records = await pool.fetch(compiled.sql, *compiled.parameters(params))
-        except CONNECTION_LOST:
-            await pool.expire_connections()
-            raise
+            backend_pid = connection.get_server_pid()
+            try:
+                records = await connection.fetch(compiled.sql, *compiled.parameters(params))
+            except CONNECTION_LOST as error:
+                await pool.expire_connections()
+                raise WriteInDoubt(backend_pid) from error
+        finally:
+            # Releasing resets the connection with a query of its own; if the
+            # connection breaks then, asyncpg closes it and raises, but the
+            # answer is already here and must not be lost with it.
+            with contextlib.suppress(*CONNECTION_LOST):
+                await pool.release(connection)
         return [compiled.row(tuple(record)) for record in records]
+
+    async def outlived(self, backend_pid: int, within: float) -> bool:
+        """Whether the server process `backend_pid` is seen gone within
+        `within` seconds (asking again while the database is out of reach).
+        Once it is gone, whatever transaction it ran has ended: a read that
+        starts afterwards sees it committed, or sees none of it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                rows = await asyncio.wait_for(
+                    self.fetch(_BACKEND_ALIVE, {"pid": backend_pid}), remaining
+                )
+            except _OUT_OF_REACH:
+                rows = [{"alive": True}]
+            if not rows[0]["alive"]:
+                return True
+            await asyncio.sleep(min(IN_DOUBT_POLL_SECONDS, max(0.0, deadline - loop.time())))
+        return False
 
     async def _open(self) -> asyncpg.Pool:
         """The pool, created once however many reads arrive before it exists."""

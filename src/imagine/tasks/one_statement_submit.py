@@ -56,6 +56,8 @@ from sqlalchemy.types import TypeEngine
 
 from imagine.db.database import Database
 from imagine.db.models import UTCDateTime
+from imagine.db.prepared import Row, WriteInDoubt
+from imagine.db.unavailable import CONNECT_TIMEOUT_SECONDS
 from imagine.ids import utcnow
 from imagine.tasks.states import PENDING
 
@@ -165,6 +167,14 @@ SELECT task_id FROM placed
 )
 
 
+# Which of a batch's tasks exist (`_settle`).
+_CREATED = (
+    text("SELECT id AS task_id FROM tasks WHERE id = ANY(:task_ids)")
+    .bindparams(bindparam("task_ids", type_=ARRAY(String)))
+    .columns(task_id=String)
+)
+
+
 @dataclass(frozen=True)
 class NewTask:
     """One submit's row, as the statement takes it."""
@@ -212,5 +222,22 @@ async def _submit_together(db: Database, tasks: list[NewTask]) -> list[bool]:
         asyncpg.exceptions.TransactionRollbackError,  # a deadlock broken by the database
     ):
         return [False] * len(tasks)
+    except WriteInDoubt as doubt:
+        rows = await _settle(db, doubt, tasks)
     committed = {row["task_id"] for row in rows or ()}
     return [t.task_id in committed for t in tasks]
+
+
+async def _settle(db: Database, doubt: WriteInDoubt, tasks: list[NewTask]) -> list[Row]:
+    """The tasks a statement whose answer was lost did create.
+
+    Answering 503 at once would be wrong for those it committed (the client
+    would be told "not submitted" about a charged task), so the answer waits,
+    at most as long as a connection attempt may, for the server process that
+    ran it to be gone; the tasks found then are created, the others never
+    will be and go to the ordinary submit. If the database stays out of
+    reach, the doubt stays too and the caller answers 503 (docs/deploy.md).
+    """
+    if not await db.outlived(doubt.backend_pid, within=CONNECT_TIMEOUT_SECONDS):
+        raise doubt
+    return await db.read_all(_CREATED, {"task_ids": [t.task_id for t in tasks]})
