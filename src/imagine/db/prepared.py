@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol, cast
 
 import asyncpg
@@ -159,6 +159,20 @@ IN_DOUBT_POLL_SECONDS = 0.2
 _OUT_OF_REACH: tuple[type[BaseException], ...] = (*CONNECTION_LOST, TimeoutError)
 
 
+@contextlib.asynccontextmanager
+async def _pooled(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of `pool`, given back whatever happens. Giving it back runs
+    a reset query; if the connection breaks then, asyncpg closes it and raises,
+    but the statement's answer is already in hand and must not be lost with it
+    (for a write, a commit answered 503)."""
+    connection = await pool.acquire()
+    try:
+        yield connection
+    finally:
+        with contextlib.suppress(*CONNECTION_LOST):
+            await pool.release(connection)
+
+
 class AsyncpgReads:
     """Small reads on PostgreSQL in one round trip each: asyncpg's own pool in
     autocommit (no BEGIN/ROLLBACK around a read, no ping before it), with
@@ -177,7 +191,8 @@ class AsyncpgReads:
         pool = self._pool or await self._open()
         for attempt in (1, 2):
             try:
-                records = await pool.fetch(compiled.sql, *values)
+                async with _pooled(pool) as connection:
+                    records = await connection.fetch(compiled.sql, *values)
             except CONNECTION_LOST:
                 if attempt == 2:
                     raise
@@ -194,20 +209,13 @@ class AsyncpgReads:
         `WriteInDoubt` (and the pool is renewed)."""
         compiled = prepared(statement, self._dialect)
         pool = self._pool or await self._open()
-        connection = await pool.acquire()
-        try:
+        async with _pooled(pool) as connection:
             backend_pid = connection.get_server_pid()
             try:
                 records = await connection.fetch(compiled.sql, *compiled.parameters(params))
             except CONNECTION_LOST as error:
                 await pool.expire_connections()
                 raise WriteInDoubt(backend_pid) from error
-        finally:
-            # Releasing resets the connection with a query of its own; if the
-            # connection breaks then, asyncpg closes it and raises, but the
-            # answer is already here and must not be lost with it.
-            with contextlib.suppress(*CONNECTION_LOST):
-                await pool.release(connection)
         return [compiled.row(tuple(record)) for record in records]
 
     async def outlived(self, backend_pid: int, within: float) -> bool:
