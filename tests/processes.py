@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +30,30 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def reserved_ports(count: int) -> Iterator[list[int]]:
+    """`count` distinct loopback ports that no other bind to port 0 can take
+    while the block runs, though a server that binds with SO_REUSEADDR (ours,
+    uvicorn, http.server) still can: each is held by a bound, non-listening
+    socket. A test that starts a process late on a port it named early (a
+    worker's metrics port in a scrape config, a port a killed process left)
+    would otherwise race every other server starting meanwhile."""
+    with ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket())
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        yield ports
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports (separate `free_port()` calls may repeat one)."""
+    with reserved_ports(count) as ports:
+        return ports
 
 
 def scaled_out_env(database_url: str, s3: S3Server, bucket: str) -> dict[str, str]:

@@ -28,18 +28,16 @@ from imagine.settings import SettingsError, load_settings
 from conftest import RunningServer, make_settings, start_server
 from helpers import count_rows, data_url, decoded_mp4, image_bytes, noise_png
 from loopback_doubles import Http2CutProxy
-from processes import ImagineProcess, ServeProcess, free_port
+from processes import ImagineProcess, ServeProcess, free_port, free_ports
 
 MODEL = "grok-imagine-video"
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    port, grpc_port = free_ports(2)
     settings = make_settings(
-        tmp_path_factory.mktemp("xai-sdk"),
-        port=free_port(),
-        grpc_port=free_port(),
-        rate_limit_pro=4,
+        tmp_path_factory.mktemp("xai-sdk"), port=port, grpc_port=grpc_port, rate_limit_pro=4
     )
     running = start_server(settings)
     yield running

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from imagine.db.database import Database
@@ -41,7 +42,7 @@ from processes import (
     ServeProcess,
     WorkerProcess,
     cli,
-    free_port,
+    reserved_ports,
     scaled_out_env,
 )
 from promserver import Prometheus, running_prometheus
@@ -140,8 +141,21 @@ def scrape_configs(apis: list[str], workers: list[str]) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.fixture
+def worker_ports() -> Iterator[list[int]]:
+    """The workers' metrics ports, named in the scrape config before the workers
+    start and held all along: nothing else may answer at the victim's once it is
+    killed, nor take a survivor's before it starts."""
+    with reserved_ports(3) as ports:
+        yield ports
+
+
 def test_prometheus_sees_exactly_the_work_a_cluster_did(
-    tmp_path: Path, postgres: Any, s3_server: S3Server, processes: list[ImagineProcess]
+    tmp_path: Path,
+    postgres: Any,
+    s3_server: S3Server,
+    processes: list[ImagineProcess],
+    worker_ports: list[int],
 ) -> None:
     database_url = postgres.create()
     bucket = s3_server.new_bucket()
@@ -165,7 +179,6 @@ def test_prometheus_sees_exactly_the_work_a_cluster_did(
     test = new_key("--plan", "pro", "--test")
     poor = new_key("--plan", "pro", "--credits", "0")
     keys = [live["key"], test["key"], poor["key"]]
-    worker_ports = [free_port() for _ in range(3)]
 
     def worker(name: str, port: int, slots: int) -> WorkerProcess:
         started = WorkerProcess(
