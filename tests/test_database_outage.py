@@ -40,6 +40,8 @@ from databases import PostgresDatabases
 from helpers import assert_error, balance_and_ledger, run_db, wait_for_task
 from loopback_doubles import TcpCut
 
+pytestmark = pytest.mark.alone  # recovery is held to seconds
+
 COST = 40
 OUTAGE_SECONDS = 3.0
 RECOVERY_BOUND = 10.0

@@ -18,6 +18,8 @@ import pytest
 from conftest import RunningServer
 from processes import ImagineProcess, ServeProcess, free_port
 
+pytestmark = pytest.mark.alone  # readiness is held to seconds
+
 OUTAGE_NOTICED_WITHIN = 2.0
 
 

@@ -502,6 +502,7 @@ async def test_fetch_each_type(web: HTTPServerHandle, kind: str) -> None:
     assert image.data == IMAGES[kind]
 
 
+@pytest.mark.alone
 async def test_fetch_all_concurrent_and_ordered(web: HTTPServerHandle) -> None:
     kinds = ["gif", "png", "webp", "jpeg"]
     async with ImageFetcher(allow_private=True, timeout=5) as fetcher:
@@ -582,6 +583,7 @@ async def test_four_redirects_refused(web: HTTPServerHandle) -> None:
     assert "/redirect/0" not in paths[paths.index("/redirect/4") :]  # 5th request never made
 
 
+@pytest.mark.alone
 async def test_slow_headers_time_out(web: HTTPServerHandle) -> None:
     async with ImageFetcher(allow_private=True, timeout=0.5) as fetcher:
         started = time.monotonic()
@@ -591,6 +593,7 @@ async def test_slow_headers_time_out(web: HTTPServerHandle) -> None:
     assert failure.retryable
 
 
+@pytest.mark.alone
 async def test_dribbling_body_hits_total_deadline(web: HTTPServerHandle) -> None:
     """A byte every 50 ms never trips a per-read timeout; the total deadline must."""
     async with ImageFetcher(allow_private=True, timeout=0.6) as fetcher:
@@ -691,6 +694,7 @@ async def test_trap_counts_real_connections(trap: Trap) -> None:
     assert trap.count == 1
 
 
+@pytest.mark.alone
 @pytest.mark.parametrize(
     "template",
     [

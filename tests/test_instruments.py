@@ -255,6 +255,7 @@ def test_json_lines_carry_the_context_the_fields_and_a_redacted_traceback() -> N
     assert "request_id" not in outside
 
 
+@pytest.mark.alone
 def test_lines_are_batched_but_a_warning_writes_everything_before_it_at_once() -> None:
     stream = io.StringIO()
     handler = logs.LineHandler(stream)

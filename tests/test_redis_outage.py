@@ -20,6 +20,8 @@ from conftest import RunningServer
 from helpers import assert_error, balance_and_ledger, run_db
 from loopback_doubles import TcpCut
 
+pytestmark = pytest.mark.alone  # recovery is held to seconds
+
 COST = 40
 REDIS_PORT = 6379
 RECOVERY_BOUND = 10.0

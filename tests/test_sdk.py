@@ -334,6 +334,7 @@ def test_silent_server_is_an_api_timeout_error() -> None:
 # -- retries -----------------------------------------------------------------
 
 
+@pytest.mark.alone
 def test_rate_limited_answers_are_waited_out_then_the_call_succeeds(
     shared: RunningServer,
 ) -> None:
@@ -357,6 +358,7 @@ def test_rate_limited_answers_are_waited_out_then_the_call_succeeds(
     assert len({seen.headers["Idempotency-Key"] for seen in posts}) == 1
 
 
+@pytest.mark.alone
 def test_rate_limit_outlasting_the_retries_surfaces_rate_limited(
     shared: RunningServer, sqlite_server: Factory
 ) -> None:
@@ -519,6 +521,7 @@ def _serve(settings: Settings, port: int) -> RunningServer:
 # -- waiting -----------------------------------------------------------------
 
 
+@pytest.mark.alone
 def test_wait_times_out_with_the_last_task_and_polls_ever_more_gently(
     sqlite_server: Factory,
 ) -> None:

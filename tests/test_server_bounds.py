@@ -130,6 +130,7 @@ def test_too_many_headers_are_refused_with_431(sqlite_server: Factory) -> None:
 # -- time to send headers and body ---------------------------------------------
 
 
+@pytest.mark.alone
 def test_slow_headers_are_cut_off_within_the_header_timeout(sqlite_server: Factory) -> None:
     server = sqlite_server(header_timeout_seconds=1)
     request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 100
@@ -148,6 +149,7 @@ def test_slow_headers_are_cut_off_within_the_header_timeout(sqlite_server: Facto
     assert elapsed < 1 + 2, elapsed
 
 
+@pytest.mark.alone
 def test_a_connection_that_sends_nothing_is_closed_within_the_header_timeout(
     sqlite_server: Factory,
 ) -> None:
@@ -160,6 +162,7 @@ def test_a_connection_that_sends_nothing_is_closed_within_the_header_timeout(
     assert elapsed < 1 + 2, elapsed
 
 
+@pytest.mark.alone
 def test_stalled_body_is_answered_408_and_closed_without_effect(
     sqlite_server: Factory,
 ) -> None:

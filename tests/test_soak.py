@@ -14,6 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.alone  # a fixed rate of requests, answered in time
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -100,6 +100,7 @@ def test_task_history_lists_exactly_the_tasks_own_charges(server_factory: Any) -
         run_db(server.settings, lambda db: tasks.task_history(db, principal(stranger), pending))
 
 
+@pytest.mark.alone
 def test_cancel_processing_stops_the_engine_and_refunds_once(server: RunningServer) -> None:
     issued = server.new_key(credits=100)
     with server.client(issued.key) as client:

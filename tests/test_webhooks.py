@@ -357,6 +357,7 @@ def test_receiver_down_for_its_first_attempts_gets_the_same_event_later(
     assert listed["attempt_count"] == 3 and listed["webhook_id"] == tries[0].webhook_id
 
 
+@pytest.mark.alone
 @SQLITE_ONLY
 def test_a_hanging_receiver_does_not_delay_other_deliveries(server_factory: Any) -> None:
     # One worker: it goes on to the next task while the first delivery hangs.

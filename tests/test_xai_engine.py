@@ -446,6 +446,7 @@ def _engine(fake: FakeXai, **changes: Any) -> XaiEngine:
     return XaiEngine(XaiConfig(**config))
 
 
+@pytest.mark.alone
 async def test_cancel_stops_polling_at_once(fake: FakeXai, tmp_path: Path) -> None:
     fake.script = Script(polls=[Step(progress=10)])  # never finishes
     control = JobControl()
