@@ -226,14 +226,10 @@ class AsyncpgReads:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while (remaining := deadline - loop.time()) > 0:
-            try:
-                rows = await asyncio.wait_for(
-                    self.fetch(_BACKEND_ALIVE, {"pid": backend_pid}), remaining
-                )
-            except _OUT_OF_REACH:
-                rows = [{"alive": True}]
-            if not rows[0]["alive"]:
-                return True
+            with contextlib.suppress(*_OUT_OF_REACH):  # still away: ask again
+                asked = self.fetch(_BACKEND_ALIVE, {"pid": backend_pid})
+                if not (await asyncio.wait_for(asked, remaining))[0]["alive"]:
+                    return True
             await asyncio.sleep(min(IN_DOUBT_POLL_SECONDS, max(0.0, deadline - loop.time())))
         return False
 
